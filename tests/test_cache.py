@@ -1,0 +1,99 @@
+"""Streaming extraction to disk: same result as in-memory capture, and resumable after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from headvec import HeadEngine, HeadvecError, load
+from headvec.cache import extract_to_disk, load_activations
+from headvec.cli import app
+
+
+def write_rows(path: Path, n: int) -> Path:
+    words = ["red", "blue", "square", "circle", "left", "of", "above", "the", "a", "small", "large"]
+    lines = [
+        json.dumps({"text": " ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 5))})
+        for i in range(n)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def extract_args(model: Path, data: Path, out: Path) -> list[str]:
+    return ["extract", str(model), str(data), "--out", str(out), "--device", "cpu", "--batch-size", "1"]
+
+
+def extract_in_process(model: Path, data: Path, out: Path) -> None:
+    result = CliRunner().invoke(app, extract_args(model, data, out))
+    assert result.exit_code == 0, result.output
+
+
+def test_cached_heads_equal_in_memory_capture(tmp_path, tiny_model_dir):
+    loaded = load(tiny_model_dir("qwen2"), device="cpu")
+    engine = HeadEngine(loaded)
+    prompts = [loaded.build_prompt(f"question number {i} about shapes") for i in range(7)]
+    extract_to_disk(
+        engine, prompts, tmp_path / "cache", batch_size=3, positions=[0, -1], residual=True, progress=False
+    )
+    tensors, index = load_activations(tmp_path / "cache")
+    expected = engine.capture(prompts, positions=[0, -1], batch_size=3, residual=True)
+    torch.testing.assert_close(tensors["heads"], expected.heads)
+    torch.testing.assert_close(tensors["residual"], expected.residual)
+    assert index["n_rows"] == 7 and len(index["shards"]) == 3
+    assert index["model"]["weights_fingerprint"] == loaded.identity["weights_fingerprint"]
+
+
+def test_cache_refuses_to_mix_runs(tmp_path, tiny_model_dir):
+    loaded = load(tiny_model_dir("qwen2"), device="cpu")
+    engine = HeadEngine(loaded)
+    prompts = [loaded.build_prompt(f"row {i}") for i in range(4)]
+    extract_to_disk(engine, prompts, tmp_path, batch_size=2, progress=False)
+    with pytest.raises(HeadvecError, match="other layers"):
+        extract_to_disk(engine, prompts, tmp_path, batch_size=2, layers=[0], progress=False)
+    with pytest.raises(HeadvecError, match="other inputs_sha256"):
+        extract_to_disk(engine, prompts[:3], tmp_path, batch_size=2, progress=False)
+
+
+def test_extract_killed_mid_run_resumes_to_an_identical_cache(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("llama")
+    rows = 300
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    complete, resumed = tmp_path / "complete", tmp_path / "resumed"
+    extract_in_process(model, data, complete)
+
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "headvec.cli", *extract_args(model, data, resumed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    index_path = resumed / "index.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:
+        if index_path.exists() and len(json.loads(index_path.read_text())["shards"]) >= 10:
+            break
+        time.sleep(0.002)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    partial = json.loads(index_path.read_text())["shards"]
+    assert 10 <= len(partial) < rows, "the run was not interrupted mid-way"
+    kept = {s["file"]: (resumed / s["file"]).stat().st_mtime_ns for s in partial}
+
+    extract_in_process(model, data, resumed)
+
+    # finished batches were not redone, and the end result is byte-identical to an uninterrupted run
+    assert all((resumed / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    assert (resumed / "index.json").read_text() == (complete / "index.json").read_text()
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in complete.iterdir())
+    for shard in complete.glob("shard-*.safetensors"):
+        assert shard.read_bytes() == (resumed / shard.name).read_bytes(), shard.name
