@@ -3,7 +3,7 @@
 from headvec.arch import Architecture, discover_architecture, register_architecture
 from headvec.engine import Capture, HeadEngine, HeadPatch
 from headvec.errors import DataError, HeadvecError, UnknownArchitectureError
-from headvec.models import LoadedModel, Prompt, load
+from headvec.models import Example, LoadedModel, Prompt, load
 
 __version__ = "0.1.0"
 
@@ -11,6 +11,7 @@ __all__ = [
     "Architecture",
     "Capture",
     "DataError",
+    "Example",
     "HeadEngine",
     "HeadPatch",
     "HeadvecError",

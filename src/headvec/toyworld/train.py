@@ -1,0 +1,292 @@
+"""Train the toy model on freshly generated toy-world data, on a CPU, resumably.
+
+Every step's batch is generated from ``(seed, step)`` alone, so a run killed at any point and resumed
+from its last checkpoint sees exactly the data an uninterrupted run would. Checkpoints are safetensors
+(model and optimizer tensors) plus JSON, never pickle. Loss is on the assistant's answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, load_model, save_file, save_model
+from tqdm.auto import tqdm
+
+from headvec.errors import HeadvecError
+from headvec.toyworld.episodes import Episode, make_icl
+from headvec.toyworld.model import (
+    IMAGE_SIZE,
+    IMAGE_TOKENS,
+    build_config,
+    build_model,
+    build_processor,
+    save_toy_model,
+)
+from headvec.toyworld.tasks import make_caption, make_cot, make_judge, make_scene_graph, make_vqa
+
+# Share of each task in the training stream (in-context episodes are longer, so fewer of them).
+DEFAULT_MIXTURE = {
+    "vqa": 0.34,
+    "judge": 0.2,
+    "icl": 0.16,
+    "cot": 0.1,
+    "caption": 0.1,
+    "scene_graph": 0.1,
+}
+GENERATORS = {
+    "vqa": make_vqa,
+    "judge": make_judge,
+    "icl": make_icl,
+    "cot": make_cot,
+    "caption": make_caption,
+    "scene_graph": make_scene_graph,
+}
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 150
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 2048
+    checkpoint_every: int = 200
+    hidden_size: int = 128
+    n_layers: int = 6
+    n_heads: int = 8
+    languages: tuple[str, ...] = ("en", "xx")
+    mixture: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
+
+
+@dataclass
+class Conversation:
+    """User turns (images + text) each followed by the assistant's answer."""
+
+    turns: list[tuple[int, str, str]]  # (number of images, user text, answer)
+    images: list[Image.Image]
+
+
+def as_conversation(item) -> Conversation:
+    """Any toy-world training item as a chat conversation."""
+    if isinstance(item, Episode):
+        shots = [*item.shots, item.query]
+        return Conversation(
+            turns=[(1, item.prompt, shot.answer) for shot in shots],
+            images=[shot.image(IMAGE_SIZE) for shot in shots],
+        )
+    return Conversation(turns=[(1, item.prompt, item.answer)], images=[item.image(IMAGE_SIZE)])
+
+
+def sample_batch(config: TrainConfig, step: int) -> list[Conversation]:
+    """The batch of ``step``: a function of (seed, step) only, so resuming replays it exactly."""
+    rng = random.Random(f"toyworld-train/{config.seed}/{step}")
+    tasks = rng.choices(list(config.mixture), weights=list(config.mixture.values()), k=config.batch_size)
+    batch = []
+    for task in tasks:
+        language = rng.choice(config.languages)
+        item = GENERATORS[task](random.Random(rng.random()), 1, language, split="train")[0]
+        batch.append(as_conversation(item))
+    return batch
+
+
+def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
+    """Token ids in the chat template's layout (image tokens expanded) and labels on the answers."""
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    input_ids, labels = [tokenizer.bos_token_id], [-100]
+    for n_images, user_text, answer in conversation.turns:
+        user = ids("USER:" + " <image>" * n_images + f" {user_text} ASSISTANT:")
+        user = [t for token in user for t in ([token] * IMAGE_TOKENS if token == image_id else [token])]
+        reply = ids(f" {answer} </s>")
+        input_ids += user + reply
+        labels += [-100] * len(user) + reply
+    return input_ids, labels
+
+
+def collate(processor, conversations: Sequence[Conversation]) -> dict[str, torch.Tensor]:
+    tokenizer = processor.tokenizer
+    encoded = [encode_conversation(tokenizer, c) for c in conversations]
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    labels = torch.full((len(encoded), width), -100)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention_mask[row, : len(ids)] = 1
+    images = [image for c in conversations for image in c.images]
+    pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": pixel_values,
+    }
+
+
+def length_buckets(
+    tokenizer, conversations: Sequence[Conversation], max_tokens: int
+) -> list[list[Conversation]]:
+    """Split a batch into micro-batches of similar length, at most ``max_tokens`` padded tokens each.
+
+    Scene graphs are ten times longer than VQA turns: padding them together wastes most of a step.
+    """
+    lengths = [len(encode_conversation(tokenizer, c)[0]) for c in conversations]
+    order = sorted(range(len(conversations)), key=lengths.__getitem__)
+    buckets: list[list[int]] = [[]]
+    for index in order:
+        if buckets[-1] and lengths[index] * (len(buckets[-1]) + 1) > max_tokens:
+            buckets.append([])
+        buckets[-1].append(index)
+    return [[conversations[i] for i in bucket] for bucket in buckets]
+
+
+def accumulate_gradients(
+    model, processor, conversations: Sequence[Conversation], max_tokens: int
+) -> torch.Tensor:
+    """Mean answer-token cross-entropy over the whole batch, with gradients, in length buckets."""
+    batches = [
+        collate(processor, bucket)
+        for bucket in length_buckets(processor.tokenizer, conversations, max_tokens)
+    ]
+    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    loss_sum = torch.zeros(())
+    for batch in batches:
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1]
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            / total
+        )
+        loss.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    state = optimizer.state_dict()
+    tensors = {
+        f"{index}.{key}": value.detach().clone() if torch.is_tensor(value) else torch.tensor(value)
+        for index, entries in state["state"].items()
+        for key, value in entries.items()
+    }
+    save_file(tensors, str(path))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    tensors = load_file(str(path))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def save_checkpoint(directory: Path, model, optimizer, step: int, config: TrainConfig, log: list) -> None:
+    """Write to a temporary folder, then swap it in: a kill leaves the previous checkpoint whole."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    _save_optimizer(optimizer, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(config), "log": log}))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    if old.exists():
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+
+
+def train(
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Train (or resume) a toy model in ``out_dir``; the final model is saved to ``out_dir/model``.
+
+    ``until_step`` pauses after that many steps (checkpointed; returns None): rerun to continue.
+    """
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    checkpoint = out / "checkpoint"
+    torch.manual_seed(config.seed)
+    processor = build_processor()
+    model = build_model(
+        build_config(processor.tokenizer, config.hidden_size, config.n_layers, config.n_heads)
+    )
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )
+    start, log = 0, []
+    if (checkpoint / "state.json").exists():
+        state = json.loads((checkpoint / "state.json").read_text())
+        if state["config"] != json.loads(json.dumps(asdict(config))):
+            raise HeadvecError(f"{checkpoint} was made with other settings; use a new --out directory")
+        load_model(model, str(checkpoint / "model.safetensors"))
+        _load_optimizer(optimizer, checkpoint / "optimizer.safetensors")
+        start, log = state["step"] + 1, state["log"]
+
+    model.train()
+    bar = tqdm(
+        range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress
+    )
+    started, running = time.perf_counter(), None
+    for step in bar:
+        if until_step is not None and step >= until_step:
+            save_checkpoint(checkpoint, model, optimizer, step - 1, config, log)
+            return None
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = accumulate_gradients(model, processor, sample_batch(config, step), config.micro_batch_tokens)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        if step % 50 == 0 or step == config.steps - 1:
+            log.append(
+                {"step": step, "loss": round(running, 4), "seconds": round(time.perf_counter() - started, 1)}
+            )
+        if (step + 1) % config.checkpoint_every == 0 or step == config.steps - 1:
+            save_checkpoint(checkpoint, model, optimizer, step, config, log)
+    model.eval()
+    save_toy_model(model, processor, out / "model")
+    (out / "train_log.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=1))
+    return out / "model"
