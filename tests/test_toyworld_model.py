@@ -64,7 +64,9 @@ def test_batches_depend_only_on_seed_and_step():
 
 
 def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
-    config = TrainConfig(steps=4, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10)
+    config = TrainConfig(
+        steps=4, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10, align_steps=2
+    )
     whole = train(tmp_path / "whole", config, progress=False)
     assert train(tmp_path / "paused", config, until_step=2, progress=False) is None
     resumed = train(tmp_path / "paused", config, progress=False)

@@ -158,7 +158,7 @@ def toyworld_export(
 @user_errors
 def toyworld_train(
     out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds a checkpoint).")],
-    steps: int = 4000,
+    steps: int = 3000,
     batch_size: int = 32,
     seed: int = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,
