@@ -17,11 +17,15 @@ import argparse
 import json
 import random
 import resource
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 from _setup import use_all_cores
 
 from headvec import HeadEngine, Prompt, load
@@ -29,10 +33,11 @@ from headvec.cache import extract_to_disk
 
 MODES = ("one-batch", "extract", "in-memory")
 WORDS = (
-    "the a model reads every head of each layer and writes what it finds to disk while the cache "
-    "grows one shard at a time so memory stays flat across ten thousand short prompts about cats "
-    "dogs rivers cities numbers colours music science history weather food travel sport"
-).split()
+    "the", "a", "model", "reads", "every", "head", "of", "each", "layer", "and", "writes", "what", "it",
+    "finds", "on", "disk", "while", "cache", "grows", "one", "shard", "at", "time", "so", "memory", "stays",
+    "flat", "across", "many", "short", "prompts", "about", "cats", "dogs", "rivers", "cities", "numbers",
+    "colours", "music", "science", "history", "weather", "food", "travel", "sport",
+)  # fmt: skip
 
 
 def short_prompts(n: int, seed: int = 0) -> list[Prompt]:
@@ -45,22 +50,54 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+@contextmanager
+def rss_samples(every: float = 0.1) -> Iterator[list[float]]:
+    """Sample this process's current RSS (MiB) in the background while the block runs."""
+    samples: list[float] = []
+    done = threading.Event()
+    process = psutil.Process()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(process.memory_info().rss / 2**20)
+            done.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+
+
+def quarters(samples: list[float]) -> list[float]:
+    """RSS a quarter, half, three quarters of the way through the run, and at its end."""
+    if not samples:
+        return []
+    return [samples[min(len(samples) - 1, round(len(samples) * q) - 1)] for q in (0.25, 0.5, 0.75, 1.0)]
+
+
 def measure_memory(mode: str, n: int, batch_size: int, out: Path) -> dict[str, Any]:
     prompts = short_prompts(n)
     engine = HeadEngine(load("minilm", device="cpu"))
     start = time.perf_counter()
-    if mode == "one-batch":
-        heads = engine.capture_batch(engine.loaded.encode(prompts[:batch_size])).heads
-        rows = heads.shape[0]
-    elif mode == "extract":
-        extract_to_disk(engine, prompts, out, batch_size=batch_size, progress=False)
-        rows = n
-    else:
-        heads = engine.capture(prompts, batch_size=batch_size).heads
-        rows = heads.shape[0]
-    seconds = time.perf_counter() - start
-    return {"mode": mode, "rows": rows, "batch_size": batch_size, "peak_rss_mib": peak_rss_mib(),
-            "seconds": seconds}
+    with rss_samples() as samples:
+        if mode == "one-batch":
+            rows = engine.capture_batch(engine.loaded.encode(prompts[:batch_size])).heads.shape[0]
+        elif mode == "extract":
+            extract_to_disk(engine, prompts, out, batch_size=batch_size, progress=False)
+            rows = n
+        else:
+            rows = engine.capture(prompts, batch_size=batch_size).heads.shape[0]
+    return {
+        "mode": mode,
+        "rows": rows,
+        "batch_size": batch_size,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_quarters_mib": quarters(samples),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:

@@ -78,7 +78,10 @@ def minilm_with_mlm_head() -> LoadedModel:
     model = BertForMaskedLM.from_pretrained(path).eval()
     base = load("minilm", device="cpu")
     return LoadedModel(
-        model=model, tokenizer=base.tokenizer, processor=None, arch=discover_architecture(model),
+        model=model,
+        tokenizer=base.tokenizer,
+        processor=None,
+        arch=discover_architecture(model),
         name_or_path=path,
     )
 

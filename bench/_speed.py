@@ -1,7 +1,8 @@
-"""Speed worker: times headvec, a bare forward, nnsight and TransformerLens on one model, interleaved.
+"""Speed worker: times headvec, a bare forward, nnsight and TransformerLens on one model.
 
-Run by ``bench/run.py`` as a subprocess (one per model), so every ratio it reports comes from one
-process and one series of rounds. Writes its timings and checks as JSON to ``--json``.
+Run by ``bench/run.py`` as a subprocess (one per model). Each reported ratio comes from its own series
+of interleaved rounds in this one process, the two sides running back to back in every round.
+Writes its timings and checks as JSON to ``--json``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _setup import MODEL_NAMES, forward_kwargs, load_model, minilm_with_mlm_head, n_parameters, random_inputs
-from _setup import use_all_cores
-from _timing import time_interleaved
+from _setup import (
+    MODEL_NAMES,
+    forward_kwargs,
+    load_model,
+    minilm_with_mlm_head,
+    n_parameters,
+    random_inputs,
+    use_all_cores,
+)
+from _timing import QuietGate, time_interleaved
 from torch import nn
 
 from headvec import HeadEngine, LoadedModel
 from headvec.models import resolve_model_path
 
 Variant = Callable[[], object]
+Capturer = Callable[[], torch.Tensor]  # a library's capture: heads [batch, layers, heads, head_dim]
 LibraryResult = tuple[dict[str, Any], dict[str, Variant]]
 
 
@@ -68,7 +77,7 @@ def nnsight_path(path: str) -> str:
     return ".".join(part(name) for name in path.split("."))
 
 
-def nnsight_capture(loaded: LoadedModel, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> Variant:
+def nnsight_capture(loaded: LoadedModel, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> Capturer:
     """Last-token o_proj inputs of every layer through ``nnsight.NNsight``.
 
     NNsight replaces ``forward`` on every module it wraps, for good, so it gets its own copy of the
@@ -107,7 +116,7 @@ def setup_nnsight(
 
 
 # -------------------------------------------------------------------------------- TransformerLens
-def transformerlens_capture(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> Variant:
+def transformerlens_capture(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> Capturer:
     """Last-token ``hook_z`` of every layer through TransformerLens 4's ``TransformerBridge``.
 
     TransformerLens 4 removed ``HookedTransformer``; its bridge wraps the Hugging Face model (offline
@@ -131,7 +140,9 @@ def transformerlens_capture(loaded: LoadedModel, inputs: dict[str, torch.Tensor]
 
         return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", keep_last(layer)) for layer in range(n_layers)]
+    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = [
+        (f"blocks.{layer}.attn.hook_z", keep_last(layer)) for layer in range(n_layers)
+    ]
 
     @torch.no_grad()
     def run() -> torch.Tensor:
@@ -196,13 +207,37 @@ def measure_speed(name: str, workdir: Path, reps: int, warmup: int) -> dict[str,
         "bare": bare_forward(model, inputs, kwargs),
         "headvec_all": lambda: engine.capture_batch(inputs, stop_early=False),
         "headvec_early": lambda: engine.capture_batch(inputs, layers=[early]),
+        "headvec_all_default": lambda: engine.capture_batch(inputs),  # stop_early=True
     }
     nnsight_info, nnsight_variants = setup_nnsight(loaded, inputs, kwargs, full)
     tl_info, tl_variants = setup_transformerlens(name, loaded, engine, inputs)
     variants.update(nnsight_variants)
     variants.update(tl_variants)
+    libraries = {"nnsight": nnsight_info, "transformerlens": tl_info}
 
-    timings = time_interleaved(variants, reps=reps, warmup=warmup)
+    # (numerator, denominator) of each reported ratio; each pair gets its own interleaved series so
+    # that the two sides of a ratio always run back to back.
+    pairs = {
+        "overhead": ("headvec_all", "bare"),
+        "early_exit": ("bare", "headvec_early"),
+        "stop_early": ("headvec_all", "headvec_all_default"),
+    }
+    pairs |= {key: (key, info["reference"]) for key, info in libraries.items() if info["status"] == "ok"}
+    # The overhead target (3 %) is finer than one round's noise: it gets twice the rounds.
+    pair_reps = {key: 2 * reps if key == "overhead" else reps for key in pairs}
+    comparisons = {}
+    gate = QuietGate()  # one waiting budget for the whole process
+    for key, (numerator, denominator) in pairs.items():
+        chosen = {numerator: variants[numerator], denominator: variants[denominator]}
+        busy_before = gate.busy_rounds
+        timings = time_interleaved(chosen, reps=pair_reps[key], warmup=warmup, before_round=gate)
+        comparisons[key] = {
+            "numerator": numerator,
+            "denominator": denominator,
+            "seconds": timings.to_dict(),
+            "busy_rounds": gate.busy_rounds - busy_before,
+        }
+
     return {
         "model": name,
         "model_class": type(model).__name__,
@@ -215,8 +250,9 @@ def measure_speed(name: str, workdir: Path, reps: int, warmup: int) -> dict[str,
         "batch": list(inputs["input_ids"].shape),
         "reps": reps,
         "warmup": warmup,
-        "timings": timings.to_dict(),
-        "libraries": {"nnsight": nnsight_info, "transformerlens": tl_info},
+        "comparisons": comparisons,
+        "waiting": gate.to_dict(),
+        "libraries": libraries,
         "checks": {
             "heads_shape": list(full.shape),
             "early_exit_max_abs_diff": max_abs_diff(early_heads[:, 0], full[:, early]),
