@@ -63,6 +63,18 @@ def test_batches_depend_only_on_seed_and_step():
     assert [c.turns for c in first] != [c.turns for c in sample_batch(config, 8)]
 
 
+def test_training_stream_covers_every_question_type_and_in_context_task():
+    """Regression: asking a generator for one item at a time always gave its first question type."""
+    from headvec.toyworld.tasks import QTYPES
+    from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
+
+    items = _chunk_items(TrainConfig(), 0)
+    assert len(items) == CHUNK_STEPS * TrainConfig().batch_size
+    assert {i.meta["qtype"] for i in items if i.task == "vqa"} == set(QTYPES)
+    assert {i.icl_task for i in items if i.task == "icl"} == {"color", "shape", "size", "count"}
+    assert {i.language for i in items} == {"en", "xx"}
+
+
 def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
     config = TrainConfig(
         steps=4, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10, align_steps=2

@@ -93,16 +93,40 @@ def as_conversation(item) -> Conversation:
     return Conversation(turns=[(1, item.prompt, item.answer)], images=[item.image(IMAGE_SIZE)])
 
 
+CHUNK_STEPS = 50  # items are generated for this many steps at once, so every task's types stay balanced
+
+
+def _chunk_items(config: TrainConfig, chunk: int) -> list:
+    """All items of ``CHUNK_STEPS`` steps, shuffled: a function of (seed, chunk) only.
+
+    The generators balance question types (and in-context tasks) within one call, so they must be
+    asked for many items at once: one item per call would always be the first type.
+    """
+    key = (config.seed, chunk, config.batch_size, tuple(config.mixture.items()), config.languages)
+    if _chunk_items.cache[0] != key:
+        rng = random.Random(f"toyworld-train/{config.seed}/{chunk}")
+        slots = rng.choices(
+            [(task, language) for task in config.mixture for language in config.languages],
+            weights=[w for w in config.mixture.values() for _ in config.languages],
+            k=CHUNK_STEPS * config.batch_size,
+        )
+        items = []
+        for task, language in sorted(set(slots)):
+            count = slots.count((task, language))
+            items += GENERATORS[task](random.Random(f"{rng.random()}"), count, language, split="train")
+        rng.shuffle(items)
+        _chunk_items.cache = (key, items)
+    return _chunk_items.cache[1]
+
+
+_chunk_items.cache = (None, [])
+
+
 def sample_batch(config: TrainConfig, step: int) -> list[Conversation]:
     """The batch of ``step``: a function of (seed, step) only, so resuming replays it exactly."""
-    rng = random.Random(f"toyworld-train/{config.seed}/{step}")
-    tasks = rng.choices(list(config.mixture), weights=list(config.mixture.values()), k=config.batch_size)
-    batch = []
-    for task in tasks:
-        language = rng.choice(config.languages)
-        item = GENERATORS[task](random.Random(rng.random()), 1, language, split="train")[0]
-        batch.append(as_conversation(item))
-    return batch
+    items = _chunk_items(config, step // CHUNK_STEPS)
+    start = (step % CHUNK_STEPS) * config.batch_size
+    return [as_conversation(item) for item in items[start : start + config.batch_size]]
 
 
 def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
