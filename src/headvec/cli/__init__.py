@@ -1,63 +1,25 @@
-"""The ``headvec`` command line: inspect models and extract head activations."""
+"""The ``headvec`` command line: inspect models, extract head activations, fit and run methods."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from headvec.errors import HeadvecError
+from headvec.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelArg,
+    RemoteOpt,
+    console,
+    parse_ints,
+    user_errors,
+)
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-error_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable)
-
-
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
-def user_errors(command: F) -> F:
-    """Show a HeadvecError as one line on stderr and exit with code 2, instead of a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        _quiet_transformers()
-        try:
-            return command(*args, **kwargs)
-        except HeadvecError as exc:
-            error_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    """'0,3,-1' -> [0, 3, -1]; None or 'all' -> None."""
-    if text is None or text == "all":
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise HeadvecError(f"--{what} must be comma-separated integers such as 0,-1, got {text!r}") from None
-
-
-ModelArg = Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (minilm).")]
-DtypeOpt = Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-RemoteOpt = Annotated[bool, typer.Option(help="Run the model repository's own code (only if you trust it).")]
 
 
 @app.command()
@@ -202,3 +164,13 @@ def toyworld_eval(
 
 if __name__ == "__main__":
     app()
+
+
+def _add_method_commands() -> None:
+    from headvec.cli import mtv, sav
+
+    app.add_typer(sav.app, name="sav")
+    app.add_typer(mtv.app, name="mtv")
+
+
+_add_method_commands()

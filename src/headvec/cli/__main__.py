@@ -1,0 +1,5 @@
+"""``python -m headvec.cli``."""
+
+from headvec.cli import app
+
+app()

@@ -1,0 +1,56 @@
+"""What every ``headvec`` command shares: one-line user errors, option types, the console."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from headvec.errors import HeadvecError
+
+console = Console()
+error_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def user_errors(command: F) -> F:
+    """Show a HeadvecError as one line on stderr and exit with code 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _quiet_transformers()
+        try:
+            return command(*args, **kwargs)
+        except HeadvecError as exc:
+            error_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """'0,3,-1' -> [0, 3, -1]; None or 'all' -> None."""
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HeadvecError(f"--{what} must be comma-separated integers such as 0,-1, got {text!r}") from None
+
+
+ModelArg = Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (minilm).")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+RemoteOpt = Annotated[bool, typer.Option(help="Run the model repository's own code (only if you trust it).")]

@@ -1,0 +1,1 @@
+"""Method estimators built on the activation engine (fit / predict / score / save / load)."""
