@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-10)
 STAMP = $(VENV)/.installed-$(1)-$(PYPROJECT_HASH)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-methods lint clean
 
 $(call STAMP,test):
 	bash scripts/install.sh test
@@ -23,6 +23,9 @@ test: $(call STAMP,test)
 
 bench: $(call STAMP,bench)
 	$(BIN)/python bench/run.py
+
+bench-methods: $(call STAMP,bench)
+	$(BIN)/python bench/run.py --only methods
 
 lint: $(call STAMP,test)
 	$(BIN)/ruff check src tests bench

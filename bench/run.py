@@ -429,17 +429,60 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------- methods
+def run_methods(quick: bool, scratch: Path) -> dict[str, Any]:
+    """The method workers: SAV head scoring, MTV search and cost, reward-model throughput and serving."""
+    reps = "2" if quick else "5"
+    return {
+        "sav": run_worker("_sav.py", ["--reps", reps], scratch),
+        "mtv": run_worker("_mtv.py", ["--reps", reps], scratch),
+        "rm": run_worker("_rm_throughput.py", ["--reps", "2" if quick else "3"], scratch),
+        "rm_server": run_worker(
+            "_rm_server.py", ["--requests", "200" if quick else "1000", "--client", "both"], scratch
+        ),
+    }
+
+
+def render_methods(methods: dict[str, Any]) -> str:
+    """Markdown of every method section (the workers' render functions import torch: only now)."""
+    from _mtv import render_section as mtv_section
+    from _rm_server import render_rm_server
+    from _rm_throughput import render_section as rm_section
+    from _sav import render_section as sav_section
+
+    parts = [
+        sav_section(methods["sav"]),
+        mtv_section(methods["mtv"]),
+        rm_section(methods["rm"]),
+        render_rm_server(methods["rm_server"]),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in parts) + "\n"
+
+
 # ---------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few repetitions and prompts (smoke test)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--only", choices=["all", "methods"], default="all", help="methods: SAV/MTV/RM only")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     extra = sys.argv[1:]
     command = "make bench" if not extra else f".venv/bin/python bench/run.py {shlex.join(extra)}"
     started, start = dt.datetime.now(dt.UTC), time.perf_counter()
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    if args.only == "methods":
+        if args.out == DEFAULT_OUT:  # never overwrite the full report with a partial one
+            args.out = DEFAULT_OUT.with_name("benchmarks-methods.md")
+        with tempfile.TemporaryDirectory(prefix="headvec-bench-") as tmp:
+            text = f"Command: `{command}`\n\n# headvec method benchmarks\n\n"
+            text += render_methods(run_methods(args.quick, Path(tmp)))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(text)
+        print(f"wrote {args.out}")
+        return
 
     with tempfile.TemporaryDirectory(prefix="headvec-bench-") as tmp:
         scratch = Path(tmp)
@@ -451,6 +494,7 @@ def main() -> None:
             run_memory("extract", plan.prompts, plan, scratch),
             run_memory("in-memory", plan.prompts, plan, scratch),
         ]
+        methods = run_methods(args.quick, scratch)
     load_end = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(
         speed,
@@ -463,6 +507,7 @@ def main() -> None:
         (load_start, load_end),
         plan,
     )
+    text += "\n" + render_methods(methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

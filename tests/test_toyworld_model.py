@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from headvec.errors import HeadvecError
 from headvec.toyworld import make_icl, make_scene_graph, vocabulary
 from headvec.toyworld.evaluate import detokenize_json
 from headvec.toyworld.model import build_processor
@@ -88,3 +90,14 @@ def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
     log = json.loads((tmp_path / "whole" / "train_log.json").read_text())["log"]
     assert log[0]["step"] == 0 and log[-1]["step"] == 3
+
+
+def test_a_finished_run_can_be_extended_but_not_changed(tmp_path):
+    small = dict(batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10, align_steps=2)
+    train(tmp_path / "run", TrainConfig(steps=3, **small), progress=False)
+    extended = train(tmp_path / "run", TrainConfig(steps=5, **small), progress=False)
+    log = json.loads((extended.parent / "train_log.json").read_text())["log"]
+    assert {"step": 3, "extended_from_steps": 3, "extended_to_steps": 5} in log
+    assert log[-1]["step"] == 4
+    with pytest.raises(HeadvecError, match="other settings"):
+        train(tmp_path / "run", TrainConfig(steps=6, **{**small, "batch_size": 2}), progress=False)

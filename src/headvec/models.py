@@ -190,6 +190,17 @@ class LoadedModel:
         self._check_length(inputs)
         return inputs.to(self.device)
 
+    def token_count(self, prompt: Prompt) -> int:
+        """Tokens of one prompt as the model sees them (image tokens expanded); no length check, so it
+        also measures prompts that are too long for the context."""
+        special = not prompt.templated
+        if prompt.images and self.processor is not None:
+            ids = self.processor(
+                text=[prompt.text], images=[prompt.images], return_tensors="pt", add_special_tokens=special
+            )["input_ids"]
+            return int(ids.shape[1])
+        return len(self.tokenizer(prompt.text, add_special_tokens=special)["input_ids"])
+
     def _check_length(self, inputs: BatchEncoding) -> None:
         limit = self.arch.max_positions
         lengths = inputs["attention_mask"].sum(dim=1)

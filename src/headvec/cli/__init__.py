@@ -167,10 +167,13 @@ if __name__ == "__main__":
 
 
 def _add_method_commands() -> None:
-    from headvec.cli import mtv, sav
+    from headvec.cli import bench, mtv, rm, sav, serve
 
     app.add_typer(sav.app, name="sav")
     app.add_typer(mtv.app, name="mtv")
+    app.add_typer(bench.app, name="bench")
+    app.add_typer(rm.app, name="rm")
+    app.add_typer(serve.app, name="serve")
 
 
 _add_method_commands()

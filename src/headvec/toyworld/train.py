@@ -317,11 +317,18 @@ def train(
     start, log = 0, []
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
-        if state["config"] != json.loads(json.dumps(asdict(config))):
+        wanted = json.loads(json.dumps(asdict(config)))
+        saved = state["config"]
+        extended = {**saved, "steps": wanted["steps"]} == wanted and wanted["steps"] > saved["steps"]
+        if saved != wanted and not extended:
             raise HeadvecError(f"{checkpoint} was made with other settings; use a new --out directory")
         load_model(model, str(checkpoint / "model.safetensors"))
         _load_optimizer(optimizer, checkpoint / "optimizer.safetensors")
         start, log = state["step"] + 1, state["log"]
+        if extended:  # the same settings, run longer: the learning-rate schedule follows the new length
+            log.append(
+                {"step": start, "extended_from_steps": saved["steps"], "extended_to_steps": config.steps}
+            )
 
     model.train()
     if start == 0:  # a resumed run's checkpoint already holds the aligned weights

@@ -1,0 +1,143 @@
+"""Reward-model benchmarks: run any reward model or judge on VL-RewardBench, Multimodal RewardBench or
+RewardBench (resumable, seeded, local or on Ray), report, and serve a model as an OpenAI-style endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headvec.cli.common import console, user_errors
+
+app = typer.Typer(help=__doc__, no_args_is_help=True)
+
+
+@app.command("run")
+@user_errors
+def run(
+    benchmark: Annotated[str, typer.Argument(help="vlrewardbench, multimodal-rewardbench or rewardbench.")],
+    rm: Annotated[
+        str,
+        typer.Option(
+            "--rm",
+            help="judge:MODEL, openai:URL:MODEL, artifact:DIR or python:module:factory.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (rerun the same command to resume).")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Local parquet/JSONL/JSON file or folder, or a hub id (default: the official id)."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split (default: test / filtered).")] = None,
+    k: Annotated[
+        int, typer.Option(help="Judge samples per item, majority-voted (official: 1-9).", min=1)
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the per-sample answer order and sampling.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=1)] = None,
+    backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="Ray actors (local Ray cluster CPUs).", min=1)] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Existing Ray cluster (default: start one).")
+    ] = None,
+    chunk_size: Annotated[
+        int, typer.Option(help="Items per unit of work (and per local batch).", min=1)
+    ] = 16,
+    template: Annotated[
+        str | None, typer.Option(help="Judge prompt: vlrewardbench, mtbench or toyworld (default: official).")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Judge sampling temperature (0 = greedy).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Judge nucleus sampling.")] = 1.0,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Judge output limit.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Local judge batch size.", min=1)] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    timeout: Annotated[float, typer.Option(help="Endpoint request timeout, seconds.")] = 60.0,
+    retries: Annotated[int, typer.Option(help="Endpoint retries per request.", min=0)] = 3,
+    concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight.", min=1)] = 8,
+    threads: Annotated[int, typer.Option(help="torch CPU threads here (0 = torch default).")] = 1,
+) -> None:
+    """Evaluate a reward model on a benchmark into OUT (results.jsonl, metrics.json, report.md/html)."""
+    import torch
+
+    from headvec.harness.judge import DEFAULT_TEMPLATE
+    from headvec.harness.registry import RMOptions
+    from headvec.harness.report import write_report
+    from headvec.harness.runner import RunSettings, run_benchmark
+    from headvec.harness.schema import load_benchmark
+
+    if threads:
+        torch.set_num_threads(threads)
+    items = load_benchmark(benchmark, data, split)
+    if limit is not None:
+        items = items[:limit]
+    options = RMOptions(
+        template=template or DEFAULT_TEMPLATE[benchmark],
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+        timeout=timeout,
+        retries=retries,
+        concurrency=concurrency,
+    )
+    settings = RunSettings(
+        benchmark=benchmark,
+        rm=rm,
+        k=k,
+        seed=seed,
+        source=data,
+        split=split,
+        limit=limit,
+        options=options.to_dict(),
+    )
+
+    def progress(done: int, total: int) -> None:
+        console.print(f"{done}/{total} items", end="\r")
+
+    run_benchmark(
+        items,
+        settings,
+        out,
+        backend=backend,
+        workers=workers,
+        chunk_size=chunk_size,
+        ray_address=ray_address,
+        progress=progress,
+    )
+    metrics = write_report(out)
+    console.print(
+        f"{benchmark}: overall {100 * metrics['overall_accuracy']:.1f}% "
+        f"[{100 * metrics['overall_ci95'][0]:.1f}, {100 * metrics['overall_ci95'][1]:.1f}], "
+        f"macro {100 * metrics['macro_accuracy']:.1f}%, unparsed items {metrics['unparsed_items']} "
+        f"(n={metrics['n']}, k={metrics['k']}) -> {out}/report.md"
+    )
+
+
+@app.command("report")
+@user_errors
+def report(out: Annotated[Path, typer.Argument(help="A run folder written by 'headvec bench run'.")]) -> None:
+    """(Re)write metrics.json, report.md and report.html of a run folder, finished or not."""
+    from headvec.harness.report import write_report
+
+    metrics = write_report(out)
+    console.print(
+        f"overall {100 * metrics['overall_accuracy']:.1f}%, macro {100 * metrics['macro_accuracy']:.1f}% "
+        f"over {metrics['n']} items -> {out}/report.md, {out}/report.html"
+    )
+
+
+@app.command("serve")
+@user_errors
+def serve(
+    model: Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (toy).")],
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: int = 8000,
+    name: Annotated[str | None, typer.Option(help="Model name clients ask for (default: MODEL).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+) -> None:
+    """Serve a model as an OpenAI-compatible chat-completions endpoint (for openai:URL:MODEL judges)."""
+    from headvec.harness.server import serve as serve_model
+
+    console.print(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
+    serve_model(model, host=host, port=port, name=name, device=device)

@@ -1,0 +1,215 @@
+"""Benchmark scores from per-item results: the official formulas, plus what they leave out.
+
+Per-sample outcome (original frame): ``agree`` (picked the human-preferred response), ``reject``,
+``tie`` or ``unparsed``. Items are decided by majority over their first k samples as in VL-RewardBench's
+``cal.py``: agree / reject / unparsed when more than half say so, else ``other``.
+
+Headline accuracies count every item, so unparseable judgements (and ties, and split votes) are scored
+as wrong. The official VL-RewardBench numbers, which leave those items out of the denominator, are
+reported next to them as ``official_*``. Overall accuracy is weighted by category size; macro is the mean
+over categories. RewardBench uses its own weighting (per-subset accuracy, sections weighted by the
+official example counts, score = mean of sections). 95% CIs are seeded percentile bootstraps over items
+(stratified by category for overall and macro).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from headvec.harness.schema import REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS
+from headvec.stats import bootstrap_ci
+
+K_VALUES = (1, 3, 5, 7, 9)
+N_RESAMPLES = 2000
+
+
+def sample_outcome(better: int, swap: bool, choice: str | None) -> str:
+    """What one judgement means for an item: the preferred response sits at display slot ``better``
+    (or ``1 - better`` when the runner swapped the order); choice ``a`` picks slot 0."""
+    if choice is None:
+        return "unparsed"
+    if choice == "tie":
+        return "tie"
+    preferred_slot = 1 - better if swap else better
+    picked_slot = 0 if choice == "a" else 1
+    return "agree" if picked_slot == preferred_slot else "reject"
+
+
+def item_decision(outcomes: Sequence[str]) -> str:
+    """Majority vote over samples, as cal.py: agree / reject / unparsed if > half, else other."""
+    counts = Counter(outcomes)
+    half = len(outcomes) / 2
+    for label in ("agree", "reject", "unparsed"):
+        if counts[label] > half:
+            return label
+    return "other"
+
+
+def decisions(records: Sequence[dict], k: int | None = None) -> list[str]:
+    """Each record's decision over its first ``k`` samples (all when None)."""
+    return [item_decision([s["outcome"] for s in r["samples"][:k]]) for r in records]
+
+
+def _by_category(records: Sequence[dict], key: str = "category") -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[record[key]].append(index)
+    return dict(sorted(groups.items()))
+
+
+def _stratified_ci(
+    correct: np.ndarray,
+    groups: dict[str, list[int]],
+    statistic: Callable[[dict[str, float]], float],
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile CI of ``statistic(per-group accuracy)`` resampling items within each group."""
+    rng = np.random.default_rng(seed)
+    values = np.empty(N_RESAMPLES)
+    arrays = {name: correct[idx] for name, idx in groups.items()}
+    draws = {name: rng.integers(0, len(a), size=(N_RESAMPLES, len(a))) for name, a in arrays.items()}
+    for i in range(N_RESAMPLES):
+        values[i] = statistic({name: float(a[draws[name][i]].mean()) for name, a in arrays.items()})
+    low, high = np.quantile(values, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def _ci(values: np.ndarray, seed: int) -> list[float]:
+    _, low, high = bootstrap_ci(values, n_resamples=N_RESAMPLES, seed=seed)
+    return [low, high]
+
+
+def pairwise_metrics(records: Sequence[dict], k: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """VL-RewardBench style scores (used for every benchmark's per-category view)."""
+    decided = decisions(records, k)
+    correct = np.array([d == "agree" for d in decided], dtype=float)
+    groups = _by_category(records)
+    categories: dict[str, dict[str, Any]] = {}
+    for name, idx in groups.items():
+        counts = Counter(decided[i] for i in idx)
+        agree, reject = counts["agree"], counts["reject"]
+        categories[name] = {
+            "n": len(idx),
+            "agree": agree,
+            "reject": reject,
+            "unparsed": counts["unparsed"],
+            "other": counts["other"],
+            "accuracy": agree / len(idx),
+            "ci95": _ci(correct[idx], seed),
+            "official_accuracy": agree / (agree + reject) if agree + reject else float("nan"),
+        }
+    total_agree = sum(c["agree"] for c in categories.values())
+    total_decided = sum(c["agree"] + c["reject"] for c in categories.values())
+    accs = [c["accuracy"] for c in categories.values()]
+    official = [c["official_accuracy"] for c in categories.values()]
+    return {
+        "n": len(records),
+        "k": k if k is not None else max((len(r["samples"]) for r in records), default=0),
+        "overall_accuracy": total_agree / len(records) if records else float("nan"),
+        "overall_ci95": list(_stratified_ci(correct, groups, _weighted(groups), seed)),
+        "macro_accuracy": float(np.mean(accs)) if accs else float("nan"),
+        "macro_ci95": list(
+            _stratified_ci(correct, groups, lambda acc: float(np.mean(list(acc.values()))), seed)
+        ),
+        "official_overall_accuracy": total_agree / total_decided if total_decided else float("nan"),
+        "official_macro_accuracy": float(np.mean(official)) if official else float("nan"),
+        "unparsed_items": sum(c["unparsed"] for c in categories.values()),
+        "other_items": sum(c["other"] for c in categories.values()),
+        "categories": categories,
+    }
+
+
+def _weighted(groups: dict[str, list[int]]) -> Callable[[dict[str, float]], float]:
+    sizes = {name: len(idx) for name, idx in groups.items()}
+    total = sum(sizes.values())
+    return lambda acc: sum(acc[name] * sizes[name] for name in acc) / total
+
+
+def rewardbench_scores(records: Sequence[dict], k: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """RewardBench's score: per-subset accuracy, sections weighted by the official example counts,
+    score = mean of the sections present."""
+    decided = decisions(records, k)
+    correct = np.array([d == "agree" for d in decided], dtype=float)
+    subsets = _by_category(records, key="subset")
+
+    def sections_of(acc: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for section, names in REWARDBENCH_SECTIONS.items():
+            present = [s for s in names if s in acc]
+            if present:
+                weights = [REWARDBENCH_EXAMPLE_COUNTS[s] for s in present]
+                out[section] = sum(acc[s] * w for s, w in zip(present, weights, strict=True)) / sum(weights)
+        return out
+
+    subset_acc = {name: float(correct[idx].mean()) for name, idx in subsets.items()}
+    sections = sections_of(subset_acc)
+
+    def score_of(acc: dict[str, float]) -> float:
+        values = list(sections_of(acc).values())
+        return float(np.mean(values))
+
+    return {
+        "score": score_of(subset_acc),
+        "score_ci95": list(_stratified_ci(correct, subsets, score_of, seed)),
+        "sections": sections,
+        "subsets": {name: {"n": len(idx), "accuracy": subset_acc[name]} for name, idx in subsets.items()},
+    }
+
+
+def position_bias(records: Sequence[dict], seed: int = 0) -> dict[str, Any]:
+    """How much the display order matters, over all samples.
+
+    ``first_pick_rate`` is the share of parsed a/b verdicts that pick the response shown first (0.5 for
+    an order-blind judge, since the runner puts the preferred one first half the time);
+    ``accuracy_preferred_first`` / ``_second`` split sample accuracy by where the preferred response
+    was shown; ``flip_rate`` is, over items judged in both orders, how often the verdict changes.
+    """
+    picks, first_acc, second_acc = [], [], []
+    flips = []
+    for record in records:
+        by_order: dict[bool, str] = {}
+        for sample in record["samples"]:
+            preferred_first = (record["better"] == 0) != sample["swap"]
+            hit = 1.0 if sample["outcome"] == "agree" else 0.0
+            (first_acc if preferred_first else second_acc).append(hit)
+            if sample["choice"] in ("a", "b"):
+                picks.append(1.0 if sample["choice"] == "a" else 0.0)
+            by_order.setdefault(sample["swap"], sample["outcome"])
+        if len(by_order) == 2:
+            flips.append(1.0 if by_order[True] != by_order[False] else 0.0)
+    result: dict[str, Any] = {"samples": sum(len(r["samples"]) for r in records), "parsed_ab": len(picks)}
+    for name, values in (
+        ("first_pick_rate", picks),
+        ("accuracy_preferred_first", first_acc),
+        ("accuracy_preferred_second", second_acc),
+        ("flip_rate", flips),
+    ):
+        arr = np.asarray(values, dtype=float)
+        result[name] = float(arr.mean()) if arr.size else None
+        result[name + "_ci95"] = _ci(arr, seed) if arr.size else None
+        result[name + "_n"] = int(arr.size)
+    return result
+
+
+def benchmark_metrics(benchmark: str, records: Sequence[dict], seed: int = 0) -> dict[str, Any]:
+    """Everything a report shows: headline scores, per-k curve, position bias, unparsed counts."""
+    records = sorted(records, key=lambda r: r["uid"])  # same numbers whatever order items finished in
+    max_k = max((len(r["samples"]) for r in records), default=0)
+    result: dict[str, Any] = {"benchmark": benchmark, **pairwise_metrics(records, seed=seed)}
+    result["by_k"] = {
+        str(k): {
+            key: v for key, v in pairwise_metrics(records, k=k, seed=seed).items() if key != "categories"
+        }
+        for k in K_VALUES
+        if k <= max_k
+    }
+    if benchmark == "rewardbench":
+        result["rewardbench"] = rewardbench_scores(records, seed=seed)
+    result["position_bias"] = position_bias(records, seed=seed)
+    result["unparsed_samples"] = sum(s["outcome"] == "unparsed" for r in records for s in r["samples"])
+    result["tie_samples"] = sum(s["outcome"] == "tie" for r in records for s in r["samples"])
+    return result

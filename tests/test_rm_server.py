@@ -1,0 +1,281 @@
+"""The reward-model HTTP server: API, limits, errors, dynamic batching, loopback default, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from headvec.models import ImageLike
+from headvec.rewards.protocol import ScoreBasedComparison
+from headvec.rewards.server import DEFAULT_HOST, create_app, serve
+
+
+class FakeRewardModel(ScoreBasedComparison):
+    """Score = len(response) (+100 with an image); records every call; 'boom' makes the call fail."""
+
+    def __init__(self, delay: float = 0.0, accepts_images: bool = True) -> None:
+        self.delay, self.accepts_images = delay, accepts_images
+        self.calls: list[int] = []
+        self.images_seen: list[object] = []
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        images: Sequence[ImageLike | None] | None = None,
+    ) -> list[float]:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.calls.append(len(prompts))
+            if self.delay:
+                time.sleep(self.delay)
+            if "boom" in responses:
+                raise RuntimeError("kaboom")
+            images = list(images) if images is not None else [None] * len(prompts)
+            self.images_seen += [image for image in images if image is not None]
+            return [
+                float("nan") if r == "nan" else len(r) + (100.0 if i is not None else 0.0)
+                for r, i in zip(responses, images, strict=True)
+            ]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def _png(color: str = "red", fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+def fake() -> FakeRewardModel:
+    return FakeRewardModel()
+
+
+@pytest.fixture
+def client(fake) -> Iterator[TestClient]:
+    app = create_app(fake, max_items_per_request=4, max_text_chars=50, max_body_bytes=4000)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_health_and_happy_path(client, fake):
+    health = client.get("/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["model"]["class"] == "FakeRewardModel"
+    assert body["limits"]["max_items_per_request"] == 4
+    items = [{"prompt": "q", "response": "abc"}, {"prompt": "q", "response": "abcdef"}]
+    response = client.post("/score", json={"items": items})
+    assert response.status_code == 200
+    assert response.json() == {"scores": fake.score(["q", "q"], ["abc", "abcdef"])}
+    assert client.post("/score", json={"items": []}).json() == {"scores": []}
+    assert client.post("/score", json={"items": [{"prompt": "q", "response": "nan"}]}).json() == {
+        "scores": [None]
+    }
+    assert client.get("/health").json()["stats"]["requests"] == 2
+
+
+def test_images_as_base64_and_data_url(client, fake):
+    items = [
+        {"prompt": "q", "response": "ab", "image": _png()},
+        {"prompt": "q", "response": "ab", "image": "data:image/jpeg;base64," + _png("blue", "JPEG")},
+        {"prompt": "q", "response": "ab"},
+    ]
+    response = client.post("/score", json={"items": items})
+    assert response.status_code == 200, response.text
+    assert response.json()["scores"] == [102.0, 102.0, 2.0]
+    assert all(isinstance(image, Image.Image) and image.mode == "RGB" for image in fake.images_seen)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"items": [{"prompt": "q"}]}, 422, "items.0.response: Field required"),
+        ({"items": [{"prompt": "q", "response": 3}]}, 422, "items.0.response"),
+        ({"items": "q"}, 422, "items"),
+        ({"item": []}, 422, "items: Field required"),
+        ({"items": [{"prompt": "q", "response": "a", "score": 1}]}, 422, "items.0.score"),
+        ({"items": [{"prompt": "q", "response": "a"}] * 5}, 413, "5 items in one request; the limit is 4"),
+        ({"items": [{"prompt": "q" * 51, "response": "a"}]}, 413, "items.0.prompt has 51 characters"),
+        ({"items": [{"prompt": "q", "response": "a", "image": "not base64!"}]}, 400, "not valid base64"),
+        ({"items": [{"prompt": "q", "response": "a", "image": "aGVsbG8="}]}, 400, "cannot decode the image"),
+        ({"items": [{"prompt": "q", "response": "a", "image": _png(fmt="GIF")}]}, 400, "GIF images"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_message_and_the_server_stays_up(client, body, status, message):
+    response = client.post("/score", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert client.post("/score", json={"items": [{"prompt": "q", "response": "ok"}]}).json() == {
+        "scores": [2.0]
+    }
+
+
+def test_invalid_json_and_oversized_body(client):
+    response = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "malformed request" in response.json()["error"]
+    big = {"items": [{"prompt": "q", "response": "a" * 5000}]}
+    response = client.post("/score", json=big)
+    assert response.status_code == 413 and "limit is 4000" in response.json()["error"]
+    assert client.get("/health").status_code == 200
+
+
+def test_text_only_model_refuses_images():
+    app = create_app(FakeRewardModel(accepts_images=False))
+    with TestClient(app) as test_client:
+        response = test_client.post(
+            "/score", json={"items": [{"prompt": "q", "response": "a", "image": _png()}]}
+        )
+    assert response.status_code == 400 and "text-only" in response.json()["error"]
+
+
+def test_model_error_fails_only_its_batch(fake):
+    app = create_app(fake, max_batch_size=1, max_wait_ms=0)
+    with TestClient(app) as test_client:
+        failed = test_client.post("/score", json={"items": [{"prompt": "q", "response": "boom"}]})
+        assert failed.status_code == 500 and "kaboom" in failed.json()["error"]
+        assert (
+            test_client.post("/score", json={"items": [{"prompt": "q", "response": "ok"}]}).status_code == 200
+        )
+        assert test_client.get("/health").json()["stats"]["failed_batches"] == 1
+
+
+async def _concurrent(app, bodies: list[dict]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await asyncio.gather(*(client.post("/score", json=body) for body in bodies))
+
+
+def test_concurrent_requests_are_coalesced_into_fewer_model_calls():
+    fake = FakeRewardModel(delay=0.02)
+    app = create_app(fake, max_batch_size=8, max_wait_ms=20)
+    bodies = [{"items": [{"prompt": "q", "response": "x" * (n % 7)}]} for n in range(24)]
+    responses = asyncio.run(_concurrent(app, bodies))
+    assert [r.status_code for r in responses] == [200] * 24
+    assert [r.json()["scores"] for r in responses] == [[float(n % 7)] for n in range(24)]
+    assert sum(fake.calls) == 24 and len(fake.calls) < 24 and max(fake.calls) <= 8
+    assert fake.max_active == 1  # the model is never called concurrently
+
+
+def test_a_failing_request_does_not_fail_concurrent_batches():
+    fake = FakeRewardModel(delay=0.01)
+    app = create_app(fake, max_batch_size=1, max_wait_ms=0)
+    bodies = [{"items": [{"prompt": "q", "response": "boom" if n == 3 else "ok"}]} for n in range(8)]
+    statuses = [r.status_code for r in asyncio.run(_concurrent(app, bodies))]
+    assert statuses == [200, 200, 200, 500, 200, 200, 200, 200]
+
+
+def test_requests_larger_than_a_batch_are_split():
+    fake = FakeRewardModel()
+    app = create_app(fake, max_batch_size=3, max_wait_ms=0, max_items_per_request=10)
+    body = {"items": [{"prompt": "q", "response": "x" * n} for n in range(7)]}
+    (response,) = asyncio.run(_concurrent(app, [body]))
+    assert response.json()["scores"] == [float(n) for n in range(7)]
+    assert max(fake.calls) <= 3
+
+
+def test_default_host_is_loopback(tmp_path, monkeypatch):
+    assert DEFAULT_HOST == "127.0.0.1"
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    from headvec.cli import app
+    from headvec.cli import serve as serve_cli
+    from headvec.rewards import server
+
+    seen: dict = {}
+    monkeypatch.setattr(serve_cli, "load_for_serving", lambda *args: FakeRewardModel())
+    monkeypatch.setattr(server, "serve", lambda rm, **kwargs: seen.update(kwargs))
+    result = CliRunner().invoke(app, ["serve", "rm", str(tmp_path), "--max-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["max_batch_size"] == 4
+
+
+def test_cli_refuses_a_directory_without_a_model(tmp_path):
+    from headvec.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "rm", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "neither a headvec reward model" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def activation_rm(tiny_model_dir):
+    from headvec.models import load
+    from headvec.rewards.activation import ActivationRewardModel, Judgement, VerdictFormat
+
+    loaded = load(str(tiny_model_dir("llama")))
+    rm = ActivationRewardModel(
+        loaded,
+        VerdictFormat(),
+        n_shots=2,
+        n_prompts=8,
+        steps=3,
+        samples_per_step=4,
+        n_search_items=4,
+        n_selection_items=2,
+        min_examples_per_verdict=2,
+    )
+    facts = [("What colour is the sky?", "Blue"), ("How many legs does a spider have?", "Eight")]
+    wrong = ["Green", "Six"]
+    judgements = [Judgement(q, a, True) for q, a in facts] + [
+        Judgement(q, w, False) for (q, _), w in zip(facts, wrong, strict=True)
+    ]
+    return rm.fit(judgements * 2)
+
+
+def test_end_to_end_activation_rm_over_real_uvicorn(activation_rm, tmp_path):
+    """A saved activation RM, loaded like the CLI does, served on a loopback port; scores match."""
+    from headvec.cli.serve import load_for_serving
+
+    activation_rm.save_pretrained(tmp_path / "rm")
+    rm = load_for_serving(Path(tmp_path / "rm"), None, "float32", "cpu", False)
+    port = _free_port()
+    config = uvicorn.Config(create_app(rm), host=DEFAULT_HOST, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(f"{base}/health").json()
+        assert health["model"]["class"] == "ActivationRewardModel"
+        assert health["model"]["name_or_path"] == activation_rm.loaded.name_or_path
+        prompts, responses = ["What colour is the sky?", "What colour is the sky?"], ["Blue", "Green"]
+        items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+        scores = httpx.post(f"{base}/score", json={"items": items}).json()["scores"]
+        assert scores == pytest.approx(activation_rm.score(prompts, responses), abs=1e-5)
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        bad = httpx.post(f"{base}/score", json={"items": [{"prompt": "q"}]})
+        assert bad.status_code == 422 and "response" in bad.json()["error"]
+        assert httpx.get(f"{base}/health").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

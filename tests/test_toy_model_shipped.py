@@ -1,0 +1,49 @@
+"""The trained toy model that ships with headvec: plain transformers loads it and it reads images."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from headvec import HeadEngine, load
+from headvec.models import resolve_model_path
+from headvec.toyworld.export import derived_rng
+from headvec.toyworld.scenes import render
+from headvec.toyworld.tasks import ask_many
+
+CHANCE_COUNT = 0.25  # one, two, three or four objects
+
+
+def test_plain_transformers_loads_it_and_counts_objects_in_images():
+    path = resolve_model_path("toy")
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    questions = ask_many(derived_rng(7, "shipped-test", "test"), 48, ("count",), "test")
+    hits = 0
+    for question in questions:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.question}]}
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(
+            images=render(question.scene), text=text, return_tensors="pt", add_special_tokens=False
+        )
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        answer = processor.tokenizer.decode(
+            output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        hits += answer.strip() == question.answer
+    # well above chance: the answer depends on the image, not only on the question
+    assert hits / len(questions) >= 2 * CHANCE_COUNT, hits
+
+
+def test_the_toy_alias_loads_through_headvec_and_its_heads_can_be_captured():
+    loaded = load("toy", device="cpu")
+    assert loaded.is_multimodal and loaded.arch.n_layers == 6 and loaded.arch.n_heads == 8
+    question = ask_many(derived_rng(8, "shipped-test", "test"), 1, ("color",), "test")[0]
+    prompt = loaded.build_prompt(question.question, [render(question.scene)])
+    capture = HeadEngine(loaded).capture([prompt], positions=-1)
+    assert capture.heads.shape == (1, 6, 8, loaded.arch.head_dim)
+    assert torch.isfinite(capture.heads).all()
