@@ -143,3 +143,15 @@ def check_patch_every_generate_step(loaded: LoadedModel, max_new_tokens: int = 4
     finally:
         handle.remove()
     assert not torch.allclose(seen[0], vector.expand_as(seen[0]))
+
+
+# The smallest activation-RM search that still exercises every step (means, REINFORCE, selection).
+TINY_RM_SETTINGS = dict(
+    n_shots=2,
+    n_prompts=8,
+    steps=3,
+    samples_per_step=4,
+    n_search_items=4,
+    n_selection_items=2,
+    min_examples_per_verdict=2,
+)

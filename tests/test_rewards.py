@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from checks import random_image
+from checks import TINY_RM_SETTINGS, random_image
 from typer.testing import CliRunner
 
 from headvec import load
@@ -30,7 +30,6 @@ from headvec.rewards.benchmark import (
 from headvec.rewards.loading import load_reward_model
 
 FORMAT = VerdictFormat(criterion="the answer is right")
-SMALL = dict(n_shots=2, n_prompts=6, steps=4, samples_per_step=4, n_search_items=4, n_selection_items=2)
 
 
 def judgements(multimodal: bool = False) -> list[Judgement]:
@@ -55,7 +54,7 @@ def llama(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def fitted(llama):
-    return ActivationRewardModel(llama, FORMAT, min_examples_per_verdict=2, **SMALL).fit(judgements())
+    return ActivationRewardModel(llama, FORMAT, **TINY_RM_SETTINGS).fit(judgements())
 
 
 def test_activation_rm_scores_are_probabilities_and_round_trip(llama, fitted, tmp_path, tiny_model_dir):
@@ -79,18 +78,20 @@ def test_activation_rm_scores_are_probabilities_and_round_trip(llama, fitted, tm
 
 
 def test_same_seed_same_heads(llama, fitted):
-    again = ActivationRewardModel(llama, FORMAT, min_examples_per_verdict=2, **SMALL).fit(judgements())
+    again = ActivationRewardModel(llama, FORMAT, **TINY_RM_SETTINGS).fit(judgements())
     assert again.heads_ == fitted.heads_
 
 
 def test_too_few_examples_for_the_criterion(llama):
     with pytest.raises(DataError, match="too few examples for the criterion"):
-        ActivationRewardModel(llama, FORMAT, **SMALL).fit(judgements()[:3])
+        ActivationRewardModel(llama, FORMAT, **{**TINY_RM_SETTINGS, "min_examples_per_verdict": 4}).fit(
+            judgements()[:3]
+        )
 
 
 def test_activation_rm_on_a_vision_language_model(tiny_model_dir):
     loaded = load(tiny_model_dir("llava"), device="cpu")
-    rm = ActivationRewardModel(loaded, FORMAT, min_examples_per_verdict=2, **SMALL).fit(judgements(True))
+    rm = ActivationRewardModel(loaded, FORMAT, **TINY_RM_SETTINGS).fit(judgements(True))
     scores = rm.score(["what color is sky ?"], ["blue"], [random_image(32, 32, seed=0)])
     assert 0.0 < scores[0] < 1.0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from checks import TINY_RM_SETTINGS
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -230,17 +231,7 @@ def activation_rm(tiny_model_dir):
     from headvec.rewards.activation import ActivationRewardModel, Judgement, VerdictFormat
 
     loaded = load(str(tiny_model_dir("llama")))
-    rm = ActivationRewardModel(
-        loaded,
-        VerdictFormat(),
-        n_shots=2,
-        n_prompts=8,
-        steps=3,
-        samples_per_step=4,
-        n_search_items=4,
-        n_selection_items=2,
-        min_examples_per_verdict=2,
-    )
+    rm = ActivationRewardModel(loaded, VerdictFormat(), **TINY_RM_SETTINGS)
     facts = [("What colour is the sky?", "Blue"), ("How many legs does a spider have?", "Eight")]
     wrong = ["Green", "Six"]
     judgements = [Judgement(q, a, True) for q, a in facts] + [

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from checks import TINY_RM_SETTINGS
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -15,17 +16,7 @@ def _fitted_activation_rm(tiny_model_dir):
     from headvec.models import load
     from headvec.rewards.activation import ActivationRewardModel, Judgement, VerdictFormat
 
-    rm = ActivationRewardModel(
-        load(str(tiny_model_dir("llama"))),
-        VerdictFormat(),
-        n_shots=2,
-        n_prompts=8,
-        steps=3,
-        samples_per_step=4,
-        n_search_items=4,
-        n_selection_items=2,
-        min_examples_per_verdict=2,
-    )
+    rm = ActivationRewardModel(load(str(tiny_model_dir("llama"))), VerdictFormat(), **TINY_RM_SETTINGS)
     facts = [
         ("What colour is the sky?", "Blue", "Green"),
         ("How many legs does a spider have?", "Eight", "Six"),
