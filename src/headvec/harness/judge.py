@@ -20,7 +20,7 @@ from typing import Literal
 from PIL import Image
 
 from headvec.errors import HeadvecError
-from headvec.rewards.protocol import Preference
+from headvec.rewards.protocol import Preference, ScoreBasedComparison, preference_from_scores
 
 Choice = Literal["a", "b", "tie"] | None
 
@@ -339,7 +339,7 @@ def _short(exc: Exception | None) -> str:
     return text[:200]
 
 
-class YesNoScoreJudge:
+class YesNoScoreJudge(ScoreBasedComparison):
     """A judge read as a reward model: reward = log P(yes) - log P(no) for the first answer token of the
     pointwise "is the answer correct ?" prompt. Unlike the generated yes/no it never ties on a judge that
     answers "yes" to everything, and it gives Best-of-N a score to rank by."""
@@ -373,18 +373,8 @@ class YesNoScoreJudge:
                 scores += (logp[:, self.yes_id] - logp[:, self.no_id]).tolist()
         return scores
 
-    def compare(self, prompt: str, a: str, b: str, image=None) -> Preference:
-        score_a, score_b = self.score([prompt, prompt], [a, b], [image, image])
-        choice = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
-        return Preference(choice=choice, scores=(score_a, score_b))
-
     def compare_batch(self, requests: Sequence[CompareRequest]) -> list[Preference]:
         prompts = [r.prompt for r in requests for _ in (0, 1)]
         responses = [x for r in requests for x in (r.a, r.b)]
         scores = self.score(prompts, responses, [r.image for r in requests for _ in (0, 1)])
-        out = []
-        for i in range(len(requests)):
-            score_a, score_b = scores[2 * i], scores[2 * i + 1]
-            choice = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
-            out.append(Preference(choice=choice, scores=(score_a, score_b)))
-        return out
+        return [preference_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(requests))]

@@ -43,10 +43,15 @@ class RewardModel(Protocol):
     def compare(self, prompt: str, a: str, b: str, image: ImageLike | None = None) -> Preference: ...
 
 
+def preference_from_scores(score_a: float, score_b: float) -> Preference:
+    """The higher reward wins; equal rewards tie."""
+    choice = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
+    return Preference(choice=choice, scores=(float(score_a), float(score_b)))
+
+
 class ScoreBasedComparison:
     """Mixin: ``compare`` by scoring both responses (ties when the scores are equal)."""
 
     def compare(self, prompt: str, a: str, b: str, image: ImageLike | None = None) -> Preference:
         score_a, score_b = self.score([prompt, prompt], [a, b], [image, image])  # type: ignore[attr-defined]
-        choice = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
-        return Preference(choice=choice, scores=(float(score_a), float(score_b)))
+        return preference_from_scores(score_a, score_b)
