@@ -14,8 +14,10 @@ from headvec.cli.common import (
     DtypeOpt,
     ModelArg,
     RemoteOpt,
+    ThreadsOpt,
     console,
     parse_ints,
+    set_threads,
     user_errors,
 )
 
@@ -123,15 +125,12 @@ def toyworld_train(
     steps: int = 3000,
     batch_size: int = 32,
     seed: int = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Train the toy model on CPU from freshly generated data; kill and rerun to resume."""
-    import torch
-
     from headvec.toyworld.train import TrainConfig, train
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     model_dir = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed))
     console.print(f"model saved to {model_dir}")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from headvec.cli.common import console, user_errors
+from headvec.cli.common import console, set_threads, user_errors
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
@@ -57,7 +57,6 @@ def run(
     threads: Annotated[int, typer.Option(help="torch CPU threads here (0 = torch default).")] = 1,
 ) -> None:
     """Evaluate a reward model on a benchmark into OUT (results.jsonl, metrics.json, report.md/html)."""
-    import torch
 
     from headvec.harness.judge import DEFAULT_TEMPLATE
     from headvec.harness.registry import RMOptions
@@ -65,8 +64,7 @@ def run(
     from headvec.harness.runner import RunSettings, run_benchmark
     from headvec.harness.schema import load_benchmark
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     items = load_benchmark(benchmark, data, split)
     if limit is not None:
         items = items[:limit]

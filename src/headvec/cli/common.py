@@ -54,3 +54,12 @@ ModelArg = Annotated[str, typer.Argument(help="Hub id, local model directory, or
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 RemoteOpt = Annotated[bool, typer.Option(help="Run the model repository's own code (only if you trust it).")]
+ThreadsOpt = Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")]
+
+
+def set_threads(threads: int) -> None:
+    """Limit torch's CPU threads (0 keeps torch's default): two busy processes on two cores crawl."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -11,7 +11,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from headvec.cli.common import DeviceOpt, DtypeOpt, ModelArg, RemoteOpt, console, parse_ints, user_errors
+from headvec.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelArg,
+    RemoteOpt,
+    ThreadsOpt,
+    console,
+    parse_ints,
+    set_threads,
+    user_errors,
+)
 from headvec.errors import HeadvecError
 
 app = typer.Typer(help="Multimodal Task Vectors: many-shot ICL compressed into heads.", no_args_is_help=True)
@@ -35,15 +45,7 @@ SamplesOpt = Annotated[int, typer.Option(min=2, help="Head masks sampled per REI
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate of the head logits.")]
 ModeOpt = Annotated[str, typer.Option(help="replace (the paper) or add the means.")]
 SeedOpt = Annotated[int, typer.Option(help="Seeds every random choice (shots, masks, items).")]
-ThreadsOpt = Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
-
-
-def _threads(threads: int) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
@@ -88,7 +90,7 @@ def fit(
     from headvec.evaluation.mtv import plot_head_maps, plot_loss_curves
     from headvec.methods.mtv import MultimodalTaskVector, read_episodes_jsonl
 
-    _threads(threads)
+    set_threads(threads)
     loaded = _load(model, dtype, device, trust_remote_code)
     if task == TOY_TASK:
         episodes = _toy_episodes(icl_task, n_train, "train", seed, language)
@@ -163,7 +165,7 @@ def run(
     from headvec.methods.mtv import IclEpisode, MultimodalTaskVector, normalize_answer, read_episodes_jsonl
     from headvec.models import Example
 
-    _threads(threads)
+    set_threads(threads)
     if (data is None) == (text is None):
         raise HeadvecError("give either --data FILE.jsonl or --text (with optional --image)")
     config, _ = load_artifact(directory, "mtv")
@@ -241,7 +243,7 @@ def evaluate(
     )
     from headvec.methods.mtv import read_episodes_jsonl
 
-    _threads(threads)
+    set_threads(threads)
     loaded = _load(model, dtype, device, trust_remote_code)
     config = ToyIclConfig(
         tasks=tuple(t.strip() for t in icl_tasks.split(",") if t.strip()),

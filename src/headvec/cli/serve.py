@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from headvec.cli.common import DeviceOpt, DtypeOpt, RemoteOpt, console, error_console, user_errors
+from headvec.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    RemoteOpt,
+    ThreadsOpt,
+    console,
+    error_console,
+    set_threads,
+    user_errors,
+)
 from headvec.rewards.protocol import RewardModel
 from headvec.rewards.server import DEFAULT_HOST
 
@@ -71,14 +80,11 @@ def serve_rm(
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
     trust_remote_code: RemoteOpt = False,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,
+    threads: ThreadsOpt = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve ARTIFACT_DIR: POST /score {"items": [{"prompt", "response", "image"?}]}, GET /health."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     from headvec.rewards.server import serve
 
     reward_model = load_for_serving(artifact_dir, model, dtype, device, trust_remote_code)
