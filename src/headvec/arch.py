@@ -9,12 +9,12 @@ not always ``hidden_size / num_heads`` (Gemma, small Qwen3).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from headvec.errors import UnknownArchitectureError
 
@@ -105,17 +105,25 @@ def _first_attr(obj, names: tuple[str, ...]):
     return None
 
 
+@functools.cache
+def _conv1d() -> type:
+    """GPT-2's ``Conv1D``, imported on first use: ``transformers.pytorch_utils`` costs ~0.8 s to import."""
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
 def _is_projection(module: nn.Module | None) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
+    return isinstance(module, (nn.Linear, _conv1d()))
 
 
 def projection_in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if isinstance(module, Conv1D) else module.in_features
+    return module.weight.shape[0] if isinstance(module, _conv1d()) else module.in_features
 
 
 def projection_weight(module: nn.Module) -> torch.Tensor:
     """The projection's weight as ``[out_features, in_features]`` (GPT-2's Conv1D stores it transposed)."""
-    return module.weight.T if isinstance(module, Conv1D) else module.weight
+    return module.weight.T if isinstance(module, _conv1d()) else module.weight
 
 
 def _try_submodule(module: nn.Module, path: str) -> nn.Module | None:

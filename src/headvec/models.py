@@ -11,27 +11,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-    BatchEncoding,
-    PreTrainedModel,
-)
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-)
 
 from headvec.arch import ENCODER_MODEL_TYPES, Architecture, discover_architecture, weights_fingerprint
 from headvec.errors import DataError, HeadvecError
+
+if TYPE_CHECKING:  # transformers' model and processing modules take seconds to import: only in load()
+    from transformers import BatchEncoding, PreTrainedModel
 
 # Short names for models that come with headvec or its dependencies (no hub needed).
 MODEL_ALIASES: dict[str, Callable[[], Path]] = {}
@@ -87,9 +76,13 @@ class Prompt:
     templated: bool = False  # the chat template already added the special tokens
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadedModel:
-    """A model with its tokenizer or processor and its head geometry."""
+    """A model with its tokenizer or processor and its head geometry.
+
+    :func:`load` builds one from a hub id, a directory or an alias; :meth:`from_model` wraps a model and
+    tokenizer/processor already in memory (sharded, quantized, fine-tuned: headvec never moves it).
+    """
 
     model: PreTrainedModel
     tokenizer: Any
@@ -97,12 +90,57 @@ class LoadedModel:
     arch: Architecture
     name_or_path: str
 
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer_or_processor: Any,
+        *,
+        name_or_path: str | os.PathLike | None = None,
+        eval_mode: bool = True,
+    ) -> LoadedModel:
+        """Wrap a model and its tokenizer or processor that are already loaded.
+
+        A processor (it holds a ``tokenizer``) with an ``image_processor`` makes the model multimodal; a
+        tokenizer alone makes it text-only. The model stays where it is (no ``.to``); with
+        ``eval_mode`` (default) it is switched to ``eval()`` so dropout does not blur the activations.
+        A tokenizer without a pad token gets its EOS (or UNK) token as one, as :func:`load` does.
+        ``name_or_path`` defaults to the model config's ``_name_or_path``.
+
+            model = AutoModelForCausalLM.from_pretrained(path, device_map="auto")
+            loaded = LoadedModel.from_model(model, AutoTokenizer.from_pretrained(path))
+        """
+        if tokenizer_or_processor is None:
+            raise HeadvecError("LoadedModel.from_model needs the model's tokenizer or processor; pass it")
+        is_processor = hasattr(tokenizer_or_processor, "tokenizer")  # processors hold one; tokenizers don't
+        processor = tokenizer_or_processor if is_processor else None
+        tokenizer = tokenizer_or_processor.tokenizer if is_processor else tokenizer_or_processor
+        arch = discover_architecture(model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if eval_mode:
+            model.eval()
+        name = (
+            name_or_path
+            or getattr(getattr(model, "config", None), "_name_or_path", "")
+            or type(model).__name__
+        )
+        return cls(model=model, tokenizer=tokenizer, processor=processor, arch=arch, name_or_path=str(name))
+
+    def __repr__(self) -> str:
+        arch = self.arch
+        return (
+            f"LoadedModel({self.name_or_path!r}, {type(self.model).__name__}, {arch.n_layers} layers x "
+            f"{arch.n_heads} heads x {arch.head_dim})"
+        )
+
     @property
     def is_multimodal(self) -> bool:
         return self.processor is not None and hasattr(self.processor, "image_processor")
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device of the model's first parameter (its embeddings under a device_map)."""
         return next(self.model.parameters()).device
 
     @property
@@ -226,45 +264,110 @@ def load_image(image: ImageLike) -> Image.Image:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+# Options that say where to find files: they go to the config, tokenizer and processor loaders too.
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
+
+
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     try:
-        return {
-            "float32": torch.float32,
-            "fp32": torch.float32,
-            "float16": torch.float16,
-            "fp16": torch.float16,
-            "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16,
-        }[dtype]
+        return DTYPES[dtype]
     except KeyError:
         raise HeadvecError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto") from None
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
+def resolve_device(device: str | None = None) -> str:
+    """headvec's one default-device rule: ``None`` or ``"auto"`` is ``cuda`` when torch sees a GPU, else
+    ``cpu``; anything else (``cpu``, ``cuda:1``, ``mps``) is used as given."""
+    if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _model_class(model_type: str) -> Any:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_MODEL_TYPES:
+        return AutoModelForCausalLM
+    return AutoModel
 
 
 def load(
     name_or_path: str | os.PathLike,
     *,
     dtype: str | torch.dtype = "float32",
-    device: str = "auto",
-    trust_remote_code: bool = False,
+    device: str | None = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    revision: str | None = None,
+    quantization_config: Any | None = None,
     attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
 ) -> LoadedModel:
     """Load a model, its tokenizer/processor and its head geometry from a hub id, a directory or an alias.
 
     Vision-language models load through ``AutoModelForImageTextToText`` + ``AutoProcessor``; causal LMs
     through ``AutoModelForCausalLM`` + ``AutoTokenizer``; anything else (encoders) through ``AutoModel``.
-    ``trust_remote_code`` stays off unless the caller turns it on.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A hub id, a local directory holding ``config.json``, or an alias (``minilm``, ``toy``).
+    dtype : str or torch.dtype, default="float32"
+        ``float32``, ``float16``, ``bfloat16``, ``auto`` or a ``torch.dtype`` (``torch_dtype=`` is read as
+        this too).
+    device : str or None, default="auto"
+        Where the model is moved after loading; ``auto`` (or None) is :func:`resolve_device`'s rule.
+        Ignored when ``device_map`` places the model or the model is quantized (moving them breaks them).
+    device_map : str or dict, optional
+        Passed to ``from_pretrained`` (``"auto"`` shards over the visible GPUs, needs ``accelerate``).
+    revision : str, optional
+        Branch, tag or commit of a hub model, for the model, config, tokenizer and processor alike.
+    quantization_config : optional
+        A transformers quantization config (``BitsAndBytesConfig(...)``), passed to ``from_pretrained``.
+    attn_implementation : str, optional
+        ``eager``, ``sdpa``, ``flash_attention_2``...; transformers' default when not given.
+    trust_remote_code : bool, default=False
+        Run the repository's own code; off unless the caller turns it on.
+    **model_kwargs
+        Everything else goes to the model's ``from_pretrained`` unchanged (``low_cpu_mem_usage``,
+        ``max_memory``...); ``token``, ``cache_dir``, ``local_files_only``, ``force_download`` and
+        ``subfolder`` also go to the config, tokenizer and processor loaders.
+
+    To wrap a model you already loaded yourself, use :meth:`LoadedModel.from_model`.
     """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if "torch_dtype" in model_kwargs:  # transformers' old name for dtype
+        dtype = model_kwargs.pop("torch_dtype")
+    if device_map is not None and device not in (None, "auto"):
+        raise HeadvecError(
+            f"load() got both device={device!r} and device_map={device_map!r}; give one (device_map "
+            "places the model itself)"
+        )
     path = resolve_model_path(name_or_path)
+    hub = {k: model_kwargs[k] for k in HUB_OPTIONS if k in model_kwargs}
+    if revision is not None:
+        hub["revision"] = revision
+    files = {**hub, "trust_remote_code": trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, **files)
     except OSError as exc:
         raise HeadvecError(
             f"cannot load model {name_or_path!r}: not a local model directory, and it could not be fetched "
@@ -272,32 +375,27 @@ def load(
         ) from exc
     except ValueError as exc:
         raise HeadvecError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
-    model_type = config.model_type
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        model_cls = AutoModelForImageTextToText
-    elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in ENCODER_MODEL_TYPES:
-        model_cls = AutoModelForCausalLM
-    else:
-        model_cls = AutoModel
-    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = model_cls.from_pretrained(path, **kwargs).to(_resolve_device(device)).eval()
-    arch = discover_architecture(model)  # before the tokenizer: an unknown architecture fails fast
-    processor = None
+    model_cls = _model_class(config.model_type)
+    kwargs: dict[str, Any] = {**model_kwargs, **files, "dtype": _resolve_dtype(dtype)}
+    optional = {
+        "device_map": device_map,
+        "quantization_config": quantization_config,
+        "attn_implementation": attn_implementation,
+    }
+    kwargs |= {k: v for k, v in optional.items() if v is not None}
+    model = model_cls.from_pretrained(path, **kwargs)
+    placed = device_map is not None or getattr(model, "hf_device_map", None) is not None
+    if not placed and not getattr(model, "is_quantized", False):
+        model = model.to(resolve_device(device))
+    discover_architecture(model)  # before the tokenizer: an unknown architecture fails fast
     try:
         if model_cls is AutoModelForImageTextToText:
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            tokenizer = processor.tokenizer
+            owner = AutoProcessor.from_pretrained(path, **files)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            owner = AutoTokenizer.from_pretrained(path, **files)
     except (OSError, ValueError) as exc:
         raise HeadvecError(
             f"cannot load the tokenizer/processor of {name_or_path!r} ({str(exc).splitlines()[0]}); "
             "save it next to the model with save_pretrained"
         ) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, processor=processor, arch=arch, name_or_path=str(name_or_path)
-    )
+    return LoadedModel.from_model(model, owner, name_or_path=str(name_or_path))
