@@ -88,7 +88,7 @@ def measure(reps: int, steps_per_round: int, threads: int, queries: int) -> dict
         )
         mtv.mask_ = torch.zeros(arch.n_layers, arch.n_heads, dtype=torch.bool)
         mtv.mask_[arch.n_layers // 2 :, ::2] = True  # a fixed head set: the cost does not depend on it
-        engine = mtv.engine
+        engine = mtv.engine_
         mtv_prompts = [episode_prompt(loaded, q, 0) for q in test]
         icl_prompts = [episode_prompt(loaded, q, 4) for q in test]
 

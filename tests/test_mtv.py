@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from headvec import DataError, HeadvecError, load
 from headvec.cli import app
+from headvec.methods.base import ParameterError
 from headvec.methods.head_search import ReinforceHeadSearch
 from headvec.methods.mtv import (
     IclEpisode,
@@ -169,8 +170,8 @@ def test_save_load_round_trip_gives_identical_generations(fitted, llama, tmp_pat
 def test_patch_changes_the_next_token_logits_and_add_mode_differs(fitted):
     """The fitted vector is what ``generate`` writes: all heads forced on, replace and add both move
     the next-token logits, and differently."""
-    inputs = fitted.loaded.encode(fitted.prompts(make_episodes()[:3]))
-    engine = fitted.engine
+    inputs = fitted.loaded_.encode(fitted.prompts(make_episodes()[:3]))
+    engine = fitted.engine_
 
     def logits() -> torch.Tensor:
         return engine.capture_batch(inputs, layers=[0], logits=True).logits
@@ -243,8 +244,12 @@ def test_shots_beyond_the_context_name_the_limit(llama):
 def test_unfitted_and_bad_mode_errors(llama):
     with pytest.raises(HeadvecError, match="not fitted"):
         MultimodalTaskVector(llama).generate(make_episodes()[:1])
-    with pytest.raises(HeadvecError, match="unknown MTV mode"):
-        MultimodalTaskVector(llama, mode="mix")  # type: ignore[arg-type]
+    unfitted = MultimodalTaskVector(llama, mode="mix")  # type: ignore[arg-type]
+    assert unfitted.mode == "mix"  # the constructor stores; fit validates
+    with pytest.raises(ParameterError, match=r"'mode' parameter of MultimodalTaskVector must be .*'add'"):
+        unfitted.fit(make_episodes())
+    with pytest.raises(ParameterError, match="'n_prompts' parameter"):
+        MultimodalTaskVector(llama, n_prompts=0).fit(make_episodes())
 
 
 # ------------------------------------------------------------------------------- architectures

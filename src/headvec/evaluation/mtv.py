@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from headvec._optional import require
 from headvec.engine import HeadEngine
 from headvec.errors import DataError
 from headvec.methods.mtv import (
@@ -166,15 +167,7 @@ def evaluate_mtv(
             one_shot.fit_heads(train)
             task_hits["mtv_1shot"] = one_shot.correct(test, n_shots=1, match=config.match)
             task_hits["mtv_1shot_zero_shot_heads"] = mtv.correct(test, n_shots=1, match=config.match)
-        fits[task] = {
-            "heads": mtv.heads_,
-            "n_heads": len(mtv.heads_),
-            "loss_curve": mtv.loss_curve_,
-            "expected_heads": mtv.expected_heads_,
-            "probabilities": torch.sigmoid(mtv.theta_).tolist() if mtv.theta_ is not None else None,
-            "fit_seconds": fit_seconds,
-            "n_examples": mtv.n_examples_,
-        }
+        fits[task] = fit_summary(mtv) | {"fit_seconds": fit_seconds, "n_examples": mtv.n_examples_}
         scaling_hits.setdefault(mtv.n_prompts * n_shots, []).extend(task_hits["mtv"])
         for n_prompts in config.scaling_prompts:
             if n_prompts == mtv.n_prompts:
@@ -214,9 +207,21 @@ def evaluate_mtv(
     }
 
 
+def fit_summary(mtv: MultimodalTaskVector) -> dict[str, Any]:
+    """What the reports and plots show of one fit: heads, loss curve, final head probabilities."""
+    theta = getattr(mtv, "theta_", None)
+    return {
+        "heads": mtv.heads_,
+        "n_heads": len(mtv.heads_),
+        "loss_curve": mtv.loss_curve_,
+        "expected_heads": mtv.expected_heads_,
+        "probabilities": torch.sigmoid(theta).tolist() if theta is not None else None,
+    }
+
+
 def _cost(loaded: LoadedModel, mtv: MultimodalTaskVector, queries: list[IclEpisode], n_shots: int) -> dict:
     """Prompt tokens and greedy-answer latency per query (batch 1), MTV vs ``n_shots``-shot ICL."""
-    engine = mtv.engine
+    engine = mtv.engine_
     icl_prompts = [episode_prompt(loaded, q, n_shots) for q in queries]
     mtv_prompts = mtv.prompts(queries, 0)
     times: dict[str, list[float]] = {"mtv": [], "icl": []}
@@ -315,7 +320,7 @@ def render_markdown(results: dict[str, Any], command: str) -> str:
 
 
 def plot_loss_curves(fits: dict[str, dict[str, Any]], path: Path) -> Path:
-    import matplotlib
+    matplotlib = require("matplotlib", feature="MTV plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -337,7 +342,7 @@ def plot_loss_curves(fits: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def plot_head_maps(fits: dict[str, dict[str, Any]], path: Path) -> Path:
     """Per task: the learnt probability of every (layer, head), chosen heads outlined."""
-    import matplotlib
+    matplotlib = require("matplotlib", feature="MTV plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -360,7 +365,7 @@ def plot_head_maps(fits: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def plot_scaling(results: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    matplotlib = require("matplotlib", feature="MTV plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

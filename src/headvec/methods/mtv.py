@@ -8,6 +8,7 @@ position on every decoding step, so the model answers as if it had seen all the 
 
     mtv = MultimodalTaskVector(loaded, n_prompts=100, n_shots=4).fit(episodes)
     mtv.generate([Example("what is it ?", [image])])
+    mtv.score(test_episodes)  # exact-match accuracy against each query's answer
     mtv.save_pretrained("runs/mtv"); MultimodalTaskVector.from_pretrained("runs/mtv", loaded)
 """
 
@@ -16,20 +17,23 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from headvec.data import iter_jsonl
 from headvec.engine import HeadEngine, HeadPatch
 from headvec.errors import DataError, HeadvecError
-from headvec.methods.artifacts import check_same_model, load_artifact, save_artifact
+from headvec.methods.artifacts import MODEL_KEY, check_same_model, load_artifact, save_artifact
+from headvec.methods.base import MODEL_CONSTRAINT, ModelEstimator
 from headvec.methods.head_search import HeadSearchResult, ReinforceHeadSearch
-from headvec.models import Example, LoadedModel, Prompt
+from headvec.models import Example, LoadedModel, Prompt, load
 
 ARTIFACT_KIND = "mtv"
 
@@ -127,6 +131,16 @@ def normalize_answer(text: str, match: str = "exact") -> str:
     return answer
 
 
+def answers_match(answers: Sequence[str], targets: Sequence[str], match: str = "exact") -> list[bool]:
+    """Whether each generated answer equals its target after :func:`normalize_answer`."""
+    if len(answers) != len(targets):
+        raise DataError(f"{len(answers)} answers but {len(targets)} targets; give one target per query")
+    return [
+        normalize_answer(a, match) == normalize_answer(t, match)
+        for a, t in zip(answers, targets, strict=True)
+    ]
+
+
 def episode_prompt(
     loaded: LoadedModel, query: IclEpisode | Example, n_shots: int, chat: bool = True
 ) -> Prompt:
@@ -170,92 +184,111 @@ class _Target:
     token: int
 
 
-@dataclass
-class MultimodalTaskVector:
+_COUNT = Interval(Integral, 0, None, closed="left")
+_POSITIVE = Interval(Integral, 1, None, closed="left")
+
+
+class MultimodalTaskVector(ModelEstimator):
     """Mean head activations of many-shot prompts, written into REINFORCE-chosen heads at inference.
 
-    Parameters (constructor, scikit-learn style) keep the published defaults: ``n_prompts`` T=100 prompts
-    of ``n_shots`` N=4 shots for the means; ``steps`` 600 REINFORCE steps of ``samples_per_step`` 32
-    masks, ``lr`` 0.1, logits initialised to ``init_logit`` -1, on ``n_search_items`` 100 prompts in the
-    downstream format (``search_shots`` shots, 0 = zero-shot); best of ``n_candidates`` 10 masks on the
-    first ``n_selection_items`` 50 of them. ``mode`` ``replace`` (the paper) or ``add``;
-    ``inference_shots`` k > 0 gives "MTV + k-shot" (the first k shots of each query's episode).
-    ``share_prefix`` runs each search prompt's prefix once per step (exact; see :meth:`mask_losses`).
-    Fitted state ends with ``_``.
+    A scikit-learn estimator: the constructor stores its parameters, ``fit`` checks and uses them, and
+    fitted state ends with ``_``; ``clone`` shares the model (see :mod:`headvec.methods.base`). The
+    defaults are the published ones: ``n_prompts`` T=100 prompts of ``n_shots`` N=4 shots for the means;
+    ``steps`` 600 REINFORCE steps of ``samples_per_step`` 32 masks, ``lr`` 0.1, logits initialised to
+    ``init_logit`` -1, on ``n_search_items`` 100 prompts in the downstream format (``search_shots``
+    shots, 0 = zero-shot); best of ``n_candidates`` 10 masks on the first ``n_selection_items`` 50 of
+    them. ``threshold`` drops heads below that probability before the final sampling. ``mode``
+    ``replace`` (the paper) or ``add``; ``inference_shots`` k > 0 gives "MTV + k-shot" (the first k shots
+    of each query's episode). ``share_prefix`` runs each search prompt's prefix once per step (exact; see
+    :meth:`mask_losses`). ``model`` is a LoadedModel, or a name loaded at ``fit``.
+
+    Fitted attributes: ``loaded_`` (the model used), ``engine_``, ``means_`` ``[layers, heads, dim]``,
+    ``mask_`` bool ``[layers, heads]`` (and the chosen ``heads_``), ``theta_`` and ``theta_history_`` (the
+    search's logits), ``loss_curve_``, ``expected_heads_``, ``candidate_losses_``, ``n_examples_``,
+    ``search_result_``, and ``prefix_verified_`` (whether the shared-prefix forward was exact here).
     """
 
-    loaded: LoadedModel = field(repr=False)
-    n_prompts: int = 100
-    n_shots: int = 4
-    steps: int = 600
-    samples_per_step: int = 32
-    lr: float = 0.1
-    init_logit: float = -1.0
-    n_search_items: int = 100
-    search_shots: int = 0
-    n_candidates: int = 10
-    n_selection_items: int = 50
-    threshold: float | None = None
-    mode: Literal["replace", "add"] = "replace"
-    inference_shots: int = 0
-    max_new_tokens: int = 10
-    batch_size: int = 8
-    chat: bool = True
-    seed: int = 0
-    progress: bool = False
-    share_prefix: bool = True
-    prefix_verified_: bool | None = field(default=None, init=False, repr=False)
-    means_: torch.Tensor | None = field(default=None, init=False, repr=False)
-    mask_: torch.Tensor | None = field(default=None, init=False, repr=False)
-    theta_: torch.Tensor | None = field(default=None, init=False, repr=False)
-    theta_history_: torch.Tensor | None = field(default=None, init=False, repr=False)
-    loss_curve_: list[float] = field(default_factory=list, init=False, repr=False)
-    expected_heads_: list[float] = field(default_factory=list, init=False, repr=False)
-    candidate_losses_: list[float] = field(default_factory=list, init=False, repr=False)
-    n_examples_: int = field(default=0, init=False, repr=False)
-    search_result_: HeadSearchResult | None = field(default=None, init=False, repr=False)
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "model": MODEL_CONSTRAINT,
+        "n_prompts": [_POSITIVE],
+        "n_shots": [_COUNT],
+        "steps": [_COUNT],
+        "samples_per_step": [Interval(Integral, 2, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "init_logit": [Real],
+        "n_search_items": [_POSITIVE],
+        "search_shots": [_COUNT],
+        "n_candidates": [_POSITIVE],
+        "n_selection_items": [_POSITIVE],
+        "threshold": [Interval(Real, 0, 1, closed="both"), None],
+        "mode": [StrOptions({"replace", "add"})],
+        "inference_shots": [_COUNT],
+        "max_new_tokens": [_POSITIVE],
+        "batch_size": [_POSITIVE],
+        "chat": ["boolean"],
+        "seed": [Integral],
+        "progress": ["boolean"],
+        "share_prefix": ["boolean"],
+    }
+    _fitted_attribute = "mask_"
 
-    PARAMS: ClassVar[tuple[str, ...]] = (
-        "n_prompts",
-        "n_shots",
-        "steps",
-        "samples_per_step",
-        "lr",
-        "init_logit",
-        "n_search_items",
-        "search_shots",
-        "n_candidates",
-        "n_selection_items",
-        "threshold",
-        "mode",
-        "inference_shots",
-        "max_new_tokens",
-        "batch_size",
-        "chat",
-        "seed",
-        "share_prefix",
-    )
+    def __init__(
+        self,
+        model: LoadedModel | str,
+        n_prompts: int = 100,
+        n_shots: int = 4,
+        steps: int = 600,
+        samples_per_step: int = 32,
+        lr: float = 0.1,
+        init_logit: float = -1.0,
+        n_search_items: int = 100,
+        search_shots: int = 0,
+        n_candidates: int = 10,
+        n_selection_items: int = 50,
+        threshold: float | None = None,
+        mode: Literal["replace", "add"] = "replace",
+        inference_shots: int = 0,
+        max_new_tokens: int = 10,
+        batch_size: int = 8,
+        chat: bool = True,
+        seed: int = 0,
+        progress: bool = False,
+        share_prefix: bool = True,
+    ) -> None:
+        self.model = model
+        self.n_prompts = n_prompts
+        self.n_shots = n_shots
+        self.steps = steps
+        self.samples_per_step = samples_per_step
+        self.lr = lr
+        self.init_logit = init_logit
+        self.n_search_items = n_search_items
+        self.search_shots = search_shots
+        self.n_candidates = n_candidates
+        self.n_selection_items = n_selection_items
+        self.threshold = threshold
+        self.mode = mode
+        self.inference_shots = inference_shots
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.chat = chat
+        self.seed = seed
+        self.progress = progress
+        self.share_prefix = share_prefix
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("replace", "add"):
-            raise HeadvecError(f"unknown MTV mode {self.mode!r}; use 'replace' or 'add'")
-        if self.n_prompts < 1 or self.n_shots < 0 or self.inference_shots < 0 or self.search_shots < 0:
-            raise HeadvecError("MTV needs n_prompts >= 1 and non-negative shot counts")
-        if self.loaded.arch.is_encoder:
-            raise HeadvecError(
-                f"MTV needs a model that generates text; {self.loaded.name_or_path} is an encoder"
-            )
-        self.engine = HeadEngine(self.loaded)
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "means_") and hasattr(self, "mask_")
 
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.PARAMS}
-
-    def set_params(self, **params: Any) -> MultimodalTaskVector:
-        for name, value in params.items():
-            if name not in self.PARAMS:
-                raise HeadvecError(f"unknown MTV parameter {name!r}; choose from {', '.join(self.PARAMS)}")
-            setattr(self, name, value)
-        return self
+    def _prepare(self) -> LoadedModel:
+        """Validate the parameters and set ``loaded_`` and ``engine_`` (the start of every fit)."""
+        self._validate()
+        loaded = self._model()
+        if loaded.arch.is_encoder:
+            raise HeadvecError(f"MTV needs a model that generates text; {loaded.name_or_path} is an encoder")
+        if getattr(self, "loaded_", None) is not loaded:
+            self.loaded_ = loaded
+            self.engine_ = HeadEngine(loaded)
+        return loaded
 
     @property
     def heads_(self) -> list[tuple[int, int]]:
@@ -272,7 +305,8 @@ class MultimodalTaskVector:
     def fit_heads(self, episodes: Sequence[IclEpisode]) -> MultimodalTaskVector:
         """Only the REINFORCE head search, with the current ``means_`` (e.g. to search again in another
         prompt format, ``search_shots``, without recomputing the means)."""
-        if self.means_ is None:
+        self._prepare()
+        if not hasattr(self, "means_"):
             raise HeadvecError("fit_heads needs the mean activations; call fit or fit_means first")
         pool = self._answered_pool(episodes)
         items = self._search_items(episodes, pool, random.Random(f"mtv-search/{self.seed}"))
@@ -281,6 +315,7 @@ class MultimodalTaskVector:
 
     def fit_means(self, episodes: Sequence[IclEpisode]) -> list[Example]:
         """Only the mean activations (``means_``); returns the pool of answered examples they came from."""
+        self._prepare()
         pool = self._answered_pool(episodes)
         self.means_ = self.mean_activations(pool, random.Random(f"mtv-means/{self.seed}"))
         return pool
@@ -311,7 +346,7 @@ class MultimodalTaskVector:
             picked = rng.sample(list(pool), self.n_shots + 1)
             query = picked[-1]
             prompts.append(
-                self.loaded.build_prompt(query.text, query.images, examples=picked[:-1], chat=self.chat)
+                self.loaded_.build_prompt(query.text, query.images, examples=picked[:-1], chat=self.chat)
             )
         return prompts
 
@@ -319,23 +354,23 @@ class MultimodalTaskVector:
         """Every head's last-token output averaged over the many-shot prompts: ``[layers, heads, dim]``."""
         prompts = self.mean_prompts(pool, rng)
         self._check_context(prompts)
-        capture = self.engine.capture(
+        capture = self.engine_.capture(
             prompts, positions=-1, batch_size=self.batch_size, progress=self.progress
         )
         return capture.heads.float().mean(dim=0)
 
     def _check_context(self, prompts: Sequence[Prompt]) -> None:
         """A one-line MTV error naming the context limit, before any forward pass."""
-        limit = self.loaded.arch.max_positions
+        limit = self.loaded_.arch.max_positions
         if limit is None:
             return
-        longest = max(token_count(self.loaded, p) for p in prompts)
+        longest = max(token_count(self.loaded_, p) for p in prompts)
         if longest > limit:
             per_shot = longest / (self.n_shots + 1)
             fits = max(int(limit / per_shot) - 1, 0)
             raise DataError(
                 f"MTV mean-activation prompts of {self.n_shots} shots + a query take up to {longest} tokens "
-                f"but {self.loaded.name_or_path} takes at most {limit}; use n_shots <= {fits} and raise "
+                f"but {self.loaded_.name_or_path} takes at most {limit}; use n_shots <= {fits} and raise "
                 "n_prompts instead (the total number of shots is n_prompts x n_shots)"
             )
 
@@ -352,14 +387,14 @@ class MultimodalTaskVector:
         chosen = rng.sample(chosen, min(self.n_search_items, len(chosen)))
         targets = []
         for episode in chosen:
-            prompt = episode_prompt(self.loaded, episode, self.search_shots, self.chat)
-            token = first_answer_token(self.loaded, prompt, episode.query.answer or "")
-            targets.append(_Target(dict(self.loaded.encode([prompt])), token))
+            prompt = episode_prompt(self.loaded_, episode, self.search_shots, self.chat)
+            token = first_answer_token(self.loaded_, prompt, episode.query.answer or "")
+            targets.append(_Target(dict(self.loaded_.encode([prompt])), token))
         return targets
 
     def search_heads(self, items: Sequence[_Target]) -> HeadSearchResult:
         """REINFORCE over the heads with the first-answer-token cross-entropy as the loss."""
-        arch = self.loaded.arch
+        arch = self.loaded_.arch
         search = ReinforceHeadSearch(
             arch.n_layers,
             arch.n_heads,
@@ -389,14 +424,16 @@ class MultimodalTaskVector:
         for the ``S`` masks (patching touches only that position, so this is exact); it is verified
         against the full batched forward on first use and switched off where the two disagree.
         """
-        if self.means_ is None:
+        if not hasattr(self, "means_"):
             raise HeadvecError("MTV mask losses need the mean activations; call fit first")
+        if not hasattr(self, "engine_"):  # means_ set by hand (a shared fit): the model is not set up yet
+            self._prepare()
         n_masks = masks.shape[0]
         values = self.means_.unsqueeze(0).expand(n_masks, -1, -1, -1)
         patch = HeadPatch(values, masks, mode=self.mode)
         total = torch.zeros(n_masks)
         for item in items:
-            if self.share_prefix and self.prefix_verified_ is None:
+            if self.share_prefix and getattr(self, "prefix_verified_", None) is None:
                 self.prefix_verified_ = self._prefix_matches(item, patch)
             if self.share_prefix and self.prefix_verified_:
                 logits = self._prefix_shared_logits(item.inputs, patch)
@@ -408,8 +445,8 @@ class MultimodalTaskVector:
 
     def _full_logits(self, inputs: dict[str, torch.Tensor], patch: HeadPatch) -> torch.Tensor:
         """The whole prompt repeated once per mask, in one batched forward."""
-        with self.engine.patch(patch):
-            return self.engine.capture_batch(
+        with self.engine_.patch(patch):
+            return self.engine_.capture_batch(
                 repeat_inputs(inputs, patch.mask.shape[0]), layers=[0], logits=True
             ).logits  # type: ignore[return-value]
 
@@ -419,13 +456,13 @@ class MultimodalTaskVector:
         length = inputs["input_ids"].shape[1]
         per_token = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape == (1, length)}
         prefix = {k: (v[:, :-1] if k in per_token else v) for k, v in inputs.items()}
-        output = self.loaded.model(**prefix, use_cache=True)
+        output = self.loaded_.model(**prefix, use_cache=True)
         cache = output.past_key_values
         cache.batch_repeat_interleave(n_masks)
         last = {k: inputs[k][:, -1:].repeat(n_masks, 1) for k in per_token if k != "attention_mask"}
-        last["attention_mask"] = torch.ones(n_masks, length, dtype=torch.long, device=self.loaded.device)
-        with self.engine.patch(patch), self.engine._tracking():
-            output = self.loaded.model(**last, past_key_values=cache, use_cache=True)
+        last["attention_mask"] = torch.ones(n_masks, length, dtype=torch.long, device=self.loaded_.device)
+        with self.engine_.patch(patch), self.engine_._tracking():
+            output = self.loaded_.model(**last, past_key_values=cache, use_cache=True)
         return output.logits[:, -1].float().cpu()
 
     def _prefix_matches(self, item: _Target, patch: HeadPatch) -> bool:
@@ -445,7 +482,8 @@ class MultimodalTaskVector:
 
     def prompts(self, queries: Sequence[IclEpisode | Example], n_shots: int | None = None) -> list[Prompt]:
         shots = self.inference_shots if n_shots is None else n_shots
-        return [episode_prompt(self.loaded, q, shots, self.chat) for q in queries]
+        loaded = self.loaded_ if hasattr(self, "loaded_") else self._model()
+        return [episode_prompt(loaded, q, shots, self.chat) for q in queries]
 
     def generate(
         self,
@@ -456,40 +494,51 @@ class MultimodalTaskVector:
     ) -> list[str]:
         """Greedy answers with the task vector active on every decoding step (``n_shots`` overrides
         ``inference_shots``: shots taken from each query's episode)."""
+        self._check_fitted()
         prompts = self.prompts(queries, n_shots)
-        with self.engine.patch(self.patch()):
-            texts = self.engine.generate(
+        with self.engine_.patch(self.patch()):
+            texts = self.engine_.generate(
                 prompts, max_new_tokens=max_new_tokens or self.max_new_tokens, batch_size=self.batch_size
             )
         return [text.strip() for text in texts]
 
-    def score(self, episodes: Sequence[IclEpisode], *, n_shots: int | None = None) -> float:
-        """Exact-match accuracy (after :func:`normalize_answer`) of the generated answers."""
-        hits = self.correct(episodes, n_shots=n_shots)
+    def score(
+        self,
+        X: Sequence[IclEpisode | Example],
+        y: Sequence[str] | None = None,
+        *,
+        n_shots: int | None = None,
+        match: str = "exact",
+    ) -> float:
+        """Exact-match accuracy (after :func:`normalize_answer`) of the generated answers.
+
+        ``y`` holds the target answers; by default each query's own ``answer``.
+        """
+        hits = self.correct(X, y, n_shots=n_shots, match=match)
         return sum(hits) / len(hits) if hits else float("nan")
 
     def correct(
-        self, episodes: Sequence[IclEpisode], *, n_shots: int | None = None, match: str = "exact"
+        self,
+        X: Sequence[IclEpisode | Example],
+        y: Sequence[str] | None = None,
+        *,
+        n_shots: int | None = None,
+        match: str = "exact",
     ) -> list[bool]:
-        answers = self.generate(episodes, n_shots=n_shots)
-        return [
-            normalize_answer(a, match) == normalize_answer(e.query.answer or "", match)
-            for a, e in zip(answers, episodes, strict=True)
-        ]
+        """Per query: does the generated answer match the target (``y``, default the query's answer)?"""
+        targets = list(y) if y is not None else query_answers(X)
+        return answers_match(self.generate(X, n_shots=n_shots), targets, match)
 
-    def _check_fitted(self) -> None:
-        if self.means_ is None or self.mask_ is None:
-            raise HeadvecError(
-                "this MultimodalTaskVector is not fitted; call fit(episodes) or from_pretrained"
-            )
+    def _check_fitted(self, hint: str = "call fit(episodes) or from_pretrained") -> None:
+        super()._check_fitted(hint)
 
     # ----------------------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """safetensors (means, mask, logits and their history) + JSON (parameters, curves, model identity)."""
         self._check_fitted()
         config = {
-            "params": self.get_params(),
-            "fitted_on": self.loaded.identity,
+            "params": self._artifact_params(),
+            MODEL_KEY: self.loaded_.identity,
             "loss_curve": self.loss_curve_,
             "expected_heads": self.expected_heads_,
             "candidate_losses": self.candidate_losses_,
@@ -497,19 +546,29 @@ class MultimodalTaskVector:
             "heads": self.heads_,
         }
         tensors = {"means": self.means_, "mask": self.mask_}
-        if self.theta_ is not None and self.theta_history_ is not None:
+        if getattr(self, "theta_", None) is not None and getattr(self, "theta_history_", None) is not None:
             tensors |= {"theta": self.theta_, "theta_history": self.theta_history_}
         return save_artifact(directory, ARTIFACT_KIND, config, tensors)  # type: ignore[arg-type]
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, loaded: LoadedModel, **overrides: Any
+        cls, directory: str | os.PathLike, model: LoadedModel | str | None = None, **overrides: Any
     ) -> MultimodalTaskVector:
-        """Load a saved task vector; refuses a model other than the one it was fitted on."""
+        """Load a saved task vector; ``model`` defaults to the one it was fitted on, and must match it.
+
+        ``overrides`` replace saved parameters (``max_new_tokens=20``, ``inference_shots=1``...).
+        """
         config, tensors = load_artifact(directory, ARTIFACT_KIND)
-        check_same_model(loaded, config["fitted_on"], "task vector")
-        params = {k: v for k, v in config["params"].items() if k in cls.PARAMS}
+        fitted_on = config[MODEL_KEY]
+        loaded = model if isinstance(model, LoadedModel) else load(model or fitted_on["name_or_path"])
+        check_same_model(loaded, fitted_on, "task vector")
+        names = set(cls._get_param_names()) - {"model"}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise HeadvecError(f"unknown MTV parameter(s) {unknown}; choose from {', '.join(sorted(names))}")
+        params = {k: v for k, v in config["params"].items() if k in names}
         mtv = cls(loaded, **(params | overrides))
+        mtv._prepare()
         mtv.means_ = tensors["means"].float()
         mtv.mask_ = tensors["mask"].bool()
         mtv.theta_ = tensors.get("theta")
@@ -522,6 +581,17 @@ class MultimodalTaskVector:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def query_answers(queries: Sequence[IclEpisode | Example]) -> list[str]:
+    """The target answer of each query (an episode's query, or the example itself); one line if missing."""
+    targets = []
+    for number, item in enumerate(queries):
+        answer = (item.query if isinstance(item, IclEpisode) else item).answer
+        if answer is None:
+            raise DataError(f"query {number} has no answer to score against; give answers or targets")
+        targets.append(answer)
+    return targets
+
+
 def repeat_inputs(inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
     """One encoded prompt as a batch of ``times`` copies (every processor output is batch- or
     image-major, so repeating along the first dimension is what encoding the copies would give)."""

@@ -22,14 +22,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from numbers import Integral
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from headvec.engine import HeadEngine
 from headvec.errors import DataError, HeadvecError
-from headvec.methods.artifacts import check_same_model, load_artifact, save_artifact
+from headvec.methods.artifacts import MODEL_KEY, check_same_model, load_artifact, save_artifact
+from headvec.methods.base import MODEL_CONSTRAINT, ModelEstimator
 from headvec.models import ImageLike, LoadedModel, load
 
 Scoring = Literal["leave_one_out", "leave_in"]
@@ -142,15 +145,79 @@ def vote(similarities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return choice.gather(1, first[:, None]).squeeze(1), counts
 
 
-class SparseAttentionVectors:
+def check_known_labels(labels: Sequence[Any], classes: Sequence[str]) -> None:
+    """A label outside ``classes`` (never seen at fit time) is a one-line error, not a silent miss."""
+    unseen = sorted({str(y) for y in labels} - set(classes))
+    if unseen:
+        raise DataError(
+            f"labels {unseen} were not seen at fit time (known: {list(classes)}); fit with examples of "
+            "them or drop those rows"
+        )
+
+
+def accuracy(predicted: Sequence[str], labels: Sequence[Any], classes: Sequence[str]) -> float:
+    """Share of ``predicted`` equal to ``labels`` (compared as strings), after :func:`check_known_labels`."""
+    if len(predicted) != len(labels):
+        raise DataError(f"{len(predicted)} predictions but {len(labels)} labels; give one label per input")
+    check_known_labels(labels, classes)
+    return float(np.mean([p == str(y) for p, y in zip(predicted, labels, strict=True)]))
+
+
+class SparseAttentionVectors(ModelEstimator):
     """Few-shot classifier from the class centroids of the best ``n_heads`` attention heads.
 
-    Parameters follow scikit-learn: set in the constructor, fitted state ends with ``_``.
-    ``n_heads="auto"`` picks the count among ``AUTO_HEAD_COUNTS`` whose vote is most accurate on the
-    training examples under leave-one-out centroids (``n_heads_`` holds the choice).
-    ``template`` formats each input's text (``{text}``) into the user message of the model's chat
-    template; the head outputs are read at the last prompt token (after the generation prompt).
+    A scikit-learn estimator: the constructor stores its parameters, ``fit`` checks and uses them, and
+    fitted state ends with ``_``; ``clone`` shares the model (see :mod:`headvec.methods.base`).
+
+    Parameters
+    ----------
+    model : LoadedModel or str
+        The model whose heads vote, or a name for :func:`~headvec.models.load` (loaded at ``fit``).
+    n_heads : int or "auto", default=20
+        Heads that vote. ``"auto"`` picks the count among ``AUTO_HEAD_COUNTS`` whose vote is most
+        accurate on the training examples under leave-one-out centroids (``n_heads_`` holds the choice).
+    template : str, default="{text}"
+        Formats each input's text (``{text}``) into the user message of the model's chat template.
+    scoring : {"leave_one_out", "leave_in"}, default="leave_one_out"
+        How heads are ranked (see the module docstring).
+    system : str, optional
+        A system message for the chat template.
+    chat : bool, default=True
+        Wrap prompts in the model's chat template.
+    position : int, default=-1
+        The token whose head outputs are read (``-1``: the last prompt token, after the generation prompt).
+    batch_size : int, default=16
+    progress : bool, default=False
+        Show a progress bar while capturing.
+
+    Attributes
+    ----------
+    loaded_ : LoadedModel
+        The model used (``model`` itself, or what its name loaded).
+    classes_ : list of str
+        Class names, sorted; the columns of :meth:`predict_proba`.
+    heads_ : torch.Tensor of shape (n_heads_, 2)
+        The voting ``(layer, head)`` pairs, best first.
+    centroids_ : torch.Tensor of shape (n_classes, n_heads_, head_dim)
+    head_accuracy_ : torch.Tensor of shape (n_layers, n_heads)
+        Every head's nearest-centroid training accuracy under ``scoring``.
+    n_heads_ : int
+    model_identity_ : dict
+        The identity of the model it was fitted on (what artifacts check).
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "model": MODEL_CONSTRAINT,
+        "n_heads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "template": [str],
+        "scoring": [StrOptions({"leave_one_out", "leave_in"})],
+        "system": [str, None],
+        "chat": ["boolean"],
+        "position": [Integral],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "progress": ["boolean"],
+    }
+    _fitted_attribute = "centroids_"
 
     def __init__(
         self,
@@ -176,15 +243,9 @@ class SparseAttentionVectors:
         self.progress = progress
 
     # ------------------------------------------------------------------ features
-    @property
-    def loaded_(self) -> LoadedModel:
-        if isinstance(self.model, str):
-            self.model = load(self.model)
-        return self.model
-
     def features(self, inputs: Sequence[InputLike], layers: Sequence[int] | None = None) -> torch.Tensor:
         """Head outputs ``[n, layers, heads, head_dim]`` at ``position`` of each input's prompt."""
-        loaded = self.loaded_
+        loaded = self._model()
         if "{text}" not in self.template:
             raise HeadvecError(f"template {self.template!r} has no {{text}} placeholder; add one")
         prompts = []
@@ -200,12 +261,13 @@ class SparseAttentionVectors:
         return capture.heads
 
     # ------------------------------------------------------------------ fit
-    def fit(self, inputs: Sequence[InputLike], labels: Sequence[Any]) -> SparseAttentionVectors:
-        """Capture every head for ``inputs``, score all heads, keep the best ``n_heads``."""
-        if len(inputs) != len(labels):
-            raise DataError(f"{len(inputs)} inputs but {len(labels)} labels; give one label per input")
-        self._check_labels(labels)
-        return self.fit_features(self.features(inputs), labels)
+    def fit(self, X: Sequence[InputLike], y: Sequence[Any]) -> SparseAttentionVectors:
+        """Capture every head for the inputs ``X``, score all heads, keep the best ``n_heads``."""
+        self._validate()
+        if len(X) != len(y):
+            raise DataError(f"{len(X)} inputs but {len(y)} labels; give one label per input")
+        self._check_labels(y)
+        return self.fit_features(self.features(X), y)
 
     def _check_labels(self, labels: Sequence[Any]) -> None:
         classes, counts = np.unique(np.asarray([str(y) for y in labels]), return_counts=True)
@@ -224,8 +286,9 @@ class SparseAttentionVectors:
 
     def fit_features(self, features: torch.Tensor, labels: Sequence[Any]) -> SparseAttentionVectors:
         """Fit from already captured ``[n, layers, heads, head_dim]`` features (all layers)."""
+        self._validate()
         self._check_labels(labels)
-        loaded = self.loaded_
+        loaded = self._model()
         n_layers, n_heads, head_dim = loaded.arch.n_layers, loaded.arch.n_heads, loaded.arch.head_dim
         if tuple(features.shape[1:]) != (n_layers, n_heads, head_dim):
             raise HeadvecError(
@@ -235,6 +298,7 @@ class SparseAttentionVectors:
         total = n_layers * n_heads
         if self.n_heads != "auto" and not 1 <= int(self.n_heads) <= total:
             raise HeadvecError(f"n_heads must be between 1 and {total} or 'auto', got {self.n_heads}")
+        self.loaded_ = loaded
         self.classes_ = sorted({str(y) for y in labels})
         index = {c: i for i, c in enumerate(self.classes_)}
         y = torch.tensor([index[str(label)] for label in labels])
@@ -258,20 +322,16 @@ class SparseAttentionVectors:
         return self
 
     # ------------------------------------------------------------------ predict
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "centroids_"):
-            raise HeadvecError("this SparseAttentionVectors is not fitted yet; call fit() first")
-
     def _selected(self, features: torch.Tensor, layers: list[int]) -> torch.Tensor:
         position = {layer: i for i, layer in enumerate(layers)}
         rows = torch.tensor([position[int(layer)] for layer in self.heads_[:, 0]])
         return features[:, rows, self.heads_[:, 1]].float()  # [n, k, head_dim]
 
-    def decision_votes(self, inputs: Sequence[InputLike]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prediction index [n], vote counts [n, classes])`` for ``inputs``."""
+    def decision_votes(self, X: Sequence[InputLike]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prediction index [n], vote counts [n, classes])`` for the inputs ``X``."""
         self._check_fitted()
         layers = sorted({int(layer) for layer in self.heads_[:, 0]})
-        return self.votes_from_features(self.features(inputs, layers), layers)
+        return self.votes_from_features(self.features(X, layers), layers)
 
     def votes_from_features(
         self, features: torch.Tensor, layers: Sequence[int] | None = None
@@ -283,46 +343,34 @@ class SparseAttentionVectors:
         sims = torch.einsum("nhd,khd->nhk", selected, _unit(self.centroids_))
         return vote(sims)
 
-    def predict(self, inputs: Sequence[InputLike]) -> list[str]:
-        prediction, _ = self.decision_votes(inputs)
-        return [self.classes_[i] for i in prediction.tolist()]
+    def predict_votes(self, X: Sequence[InputLike]) -> tuple[list[str], np.ndarray]:
+        """Predicted class names and vote shares ``[n, classes]`` (columns follow ``classes_``), from one
+        capture; a tie goes to the best-ranked head's class, so it can differ from the shares' argmax."""
+        prediction, counts = self.decision_votes(X)
+        shares = (counts.float() / counts.sum(dim=1, keepdim=True)).numpy()
+        return [self.classes_[i] for i in prediction.tolist()], shares
 
-    def predict_proba(self, inputs: Sequence[InputLike]) -> np.ndarray:
+    def predict(self, X: Sequence[InputLike]) -> list[str]:
+        return self.predict_votes(X)[0]
+
+    def predict_proba(self, X: Sequence[InputLike]) -> np.ndarray:
         """Share of the selected heads voting for each class (columns follow ``classes_``)."""
-        _, counts = self.decision_votes(inputs)
-        return (counts.float() / counts.sum(dim=1, keepdim=True)).numpy()
+        return self.predict_votes(X)[1]
 
-    def score(self, inputs: Sequence[InputLike], labels: Sequence[Any]) -> float:
-        """Accuracy on ``inputs``; labels never seen at fit time are an error, not a silent miss."""
+    def score(self, X: Sequence[InputLike], y: Sequence[Any]) -> float:
+        """Accuracy on ``X``; labels never seen at fit time are an error, not a silent miss."""
         self._check_fitted()
-        unseen = sorted({str(y) for y in labels} - set(self.classes_))
-        if unseen:
-            raise DataError(
-                f"labels {unseen} were not seen at fit time (known: {self.classes_}); fit with examples of "
-                "them or drop those rows"
-            )
-        predicted = self.predict(inputs)
-        return float(np.mean([p == str(y) for p, y in zip(predicted, labels, strict=True)]))
+        check_known_labels(y, self.classes_)  # before any forward pass
+        return accuracy(self.predict(X), y, self.classes_)
 
     # ------------------------------------------------------------------ save / load
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "n_heads": self.n_heads,
-            "template": self.template,
-            "scoring": self.scoring,
-            "system": self.system,
-            "chat": self.chat,
-            "position": self.position,
-            "batch_size": self.batch_size,
-        }
-
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the fitted classifier as safetensors + JSON (with the model's identity)."""
         self._check_fitted()
         save_artifact(
             directory,
             ARTIFACT_KIND,
-            {"params": self.get_params(), "classes": self.classes_, "model": self.model_identity_},
+            {"params": self._artifact_params(), "classes": self.classes_, MODEL_KEY: self.model_identity_},
             {"heads": self.heads_, "centroids": self.centroids_, "head_accuracy": self.head_accuracy_},
         )
 
@@ -332,13 +380,15 @@ class SparseAttentionVectors:
     ) -> SparseAttentionVectors:
         """Load a saved classifier; ``model`` defaults to the one it was fitted on, and must match it."""
         config, tensors = load_artifact(directory, ARTIFACT_KIND)
-        loaded = model if isinstance(model, LoadedModel) else load(model or config["model"]["name_or_path"])
-        check_same_model(loaded, config["model"], "SAV classifier")
+        fitted_on = config[MODEL_KEY]
+        loaded = model if isinstance(model, LoadedModel) else load(model or fitted_on["name_or_path"])
+        check_same_model(loaded, fitted_on, "SAV classifier")
         sav = cls(loaded, **config["params"])
+        sav.loaded_ = loaded
         sav.classes_ = config["classes"]
         sav.heads_ = tensors["heads"].long()
         sav.centroids_ = tensors["centroids"]
         sav.head_accuracy_ = tensors["head_accuracy"]
         sav.n_heads_ = len(sav.heads_)
-        sav.model_identity_ = config["model"]
+        sav.model_identity_ = fitted_on
         return sav
