@@ -23,6 +23,7 @@ from headvec.toyworld import (
     Scene,
     export,
     generate,
+    language_of,
     lexicon,
     make_caption,
     make_cot,
@@ -174,7 +175,7 @@ def test_export_is_byte_identical_for_a_seed(tmp_path):
 def test_vocabulary_is_closed_small_and_sorted(data):
     vocab = {lang: set(vocabulary(lang)) for lang in LANGUAGES}
     total = vocabulary()
-    assert total == sorted(set(total)) and set(total) == vocab["en"] | vocab["xx"]
+    assert total == sorted(set(total)) and set(total) == set().union(*vocab.values())
     assert len(total) < 300
     for lang in LANGUAGES:
         for task, items in data.items():
@@ -298,6 +299,27 @@ def test_judge_labels_are_balanced_and_true(data):
                 assert re.fullmatch(r"the \w+ \w+", item.candidate)
 
 
+def test_tasks_keep_their_difficulty(data):
+    """Wrong judge candidates come from the scene; absent objects share a colour or shape with one there."""
+    in_scene, attribute_items = 0, 0
+    for item in data["judge"]:
+        objects = item.scene.objects
+        kind = item.meta["qtype"]
+        if item.answer == "no" and kind in ("color", "shape"):
+            attribute_items += 1
+            in_scene += item.candidate in {getattr(o, kind) for o in objects}
+        if item.answer == "no" and kind == "relation" and len(objects) > 2:
+            assert item.candidate in {f"the {o.color} {o.shape}" for o in objects}
+    assert attribute_items > 20 and in_scene / attribute_items > 0.5
+    absent = [i for i in data["vqa"] if i.meta["qtype"] == "exist" and i.answer == "no"]
+    assert len(absent) > 10
+    for item in absent:
+        color, shape = re.fullmatch(r"is there a (\w+) (\w+) \?", item.prompt).groups()
+        present = {(o.color, o.shape) for o in item.scene.objects}
+        assert (color, shape) not in present
+        assert any(color == c or shape == s for c, s in present)
+
+
 def test_preference_pairs(data):
     pairs = data["preference"]
     categories = Counter(p.category for p in pairs)
@@ -392,21 +414,48 @@ def test_vlrewardbench_rows(tmp_path):
     assert rows[0]["id"].split("-")[0] in VLRB_PREFIX.values()
 
 
-def test_second_language_is_a_parallel_bijection(data):
-    words = lexicon()
+@pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "en"])
+def test_each_synthetic_language_is_a_parallel_bijection(data, language):
+    words = lexicon(language)
     assert len(set(words.values())) == len(words)  # injective
     assert not set(words.values()) & set(vocabulary("en"))  # no invented word is an English one
     for task, items in data.items():
         for item in items[:120]:
-            xx = item.translate("xx")
-            for en_text, xx_text in zip(texts_of(item), texts_of(xx), strict=True):
-                assert translate(xx_text, "en") == en_text  # round trip
+            local = item.translate(language)
+            for en_text, local_text in zip(texts_of(item), texts_of(local), strict=True):
+                assert translate(local_text, "en") == en_text  # round trip
                 if not en_text.startswith("{"):  # same words, mapped, possibly reordered
                     mapped = [words.get(t, t) for t in tokenize_words(en_text)]
-                    assert sorted(tokenize_words(xx_text)) == sorted(mapped)
-                    assert xx_text != en_text or not any(t in words for t in tokenize_words(en_text))
+                    assert sorted(tokenize_words(local_text)) == sorted(mapped)
+                    assert local_text != en_text or not any(t in words for t in tokenize_words(en_text))
             if task != "icl":
-                assert xx.scene == item.scene and xx.meta == item.meta
+                assert local.scene == item.scene and local.meta == item.meta
+
+
+def test_languages_have_their_own_words_and_word_orders():
+    lexicons = {lang: set(lexicon(lang).values()) for lang in LANGUAGES}
+    for a in LANGUAGES:
+        for b in LANGUAGES:
+            assert a == b or not lexicons[a] & lexicons[b]
+    question, phrase = "what color is the square ?", "a small red square ."
+    orders = {}
+    for lang in LANGUAGES:
+        back = {v: k for k, v in lexicon(lang).items()}
+        orders[lang] = tuple(
+            " ".join(back.get(t, t) for t in translate(text, lang).split()) for text in (question, phrase)
+        )
+        assert language_of(translate(question, lang)) == lang
+        for other in LANGUAGES:  # any language to any other, and back
+            assert translate(translate(translate(question, lang), other), "en") == question
+    assert orders["en"] == (question, phrase)
+    assert orders["xx"] == ("is the square what color ?", "a square small red .")
+    assert orders["yy"] == ("what color is the square ?", "a square small red .")
+    assert orders["zz"] == ("is the square what color ?", phrase)
+    assert len(set(orders.values())) == len(LANGUAGES)
+
+
+def test_second_language_keeps_its_surface_rules(data):
+    words = lexicon("xx")
     # generating in xx gives the parallel items of the same seed
     assert make_vqa(random.Random(5), 50, "xx") == [i.translate("xx") for i in make_vqa(random.Random(5), 50)]
     assert translate("what color is the square ?", "xx").split()[-3:-1] == [words["what"], words["color"]]

@@ -10,11 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from headvec.errors import HeadvecError
-from headvec.toyworld import make_icl, make_scene_graph, vocabulary
+from headvec.toyworld import LANGUAGES, make_icl, make_judge, make_scene_graph, make_vqa, vocabulary
 from headvec.toyworld.evaluate import detokenize_json
+from headvec.toyworld.language import translate
 from headvec.toyworld.model import build_processor
 from headvec.toyworld.train import (
     TrainConfig,
+    accumulate_gradients,
     as_conversation,
     collate,
     encode_conversation,
@@ -51,11 +53,57 @@ def test_training_layout_equals_the_processor_chat_template():
     expected = processor(
         text=[text], images=[conversation.images], return_tensors="pt", add_special_tokens=False
     )
-    input_ids, labels = encode_conversation(processor.tokenizer, conversation)
+    input_ids, labels, aux_labels = encode_conversation(processor.tokenizer, conversation)
+    assert set(aux_labels) == {-100}  # in-context episodes get no auxiliary targets
     assert expected["input_ids"][0].tolist() == input_ids
     answers = [processor.tokenizer.decode([t]) for t in labels if t != -100]
     assert answers == [word for shot in [*episode.shots, episode.query] for word in (shot.answer, "</s>")]
     torch.testing.assert_close(collate(processor, [conversation])["pixel_values"], expected["pixel_values"])
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_judge_items_ask_the_middle_layer_for_the_gold_answer_at_the_candidate(language):
+    tokenizer = build_processor().tokenizer
+    items = make_judge(random.Random(2), 60, language)
+    assert {i.meta["label"] for i in items} == {"yes", "no"}
+    for item in items:
+        input_ids, labels, aux_labels = encode_conversation(tokenizer, as_conversation(item))
+        targets = [(i, t) for i, t in enumerate(aux_labels) if t != -100]
+        gold_ids = tokenizer(translate(item.meta["gold"], language), add_special_tokens=False)["input_ids"]
+        candidate_ids = tokenizer(item.candidate, add_special_tokens=False)["input_ids"]
+        assert [t for _, t in targets] == gold_ids  # the gold answer, not the candidate
+        start = targets[0][0]
+        assert input_ids[start : start + len(candidate_ids)] == candidate_ids  # at the candidate's place
+        assert all(labels[i] == -100 for i, _ in targets)  # the main loss never sees them
+
+
+def test_vqa_answers_are_auxiliary_targets_too():
+    tokenizer = build_processor().tokenizer
+    item = make_vqa(random.Random(0), 1, "yy")[0]
+    _, labels, aux_labels = encode_conversation(tokenizer, as_conversation(item))
+    answer = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
+    assert [t for t in aux_labels if t != -100] == answer
+    assert [t for t in labels if t != -100] == [*answer, tokenizer.eos_token_id]
+
+
+def test_the_auxiliary_loss_reaches_the_lower_layers_only_through_its_targets():
+    """With aux_layer=1 the auxiliary loss changes the gradient of layer 0 but not of the last layer."""
+    from headvec.toyworld.model import build_config, build_model
+
+    processor = build_processor()
+    conversations = [as_conversation(i) for i in make_judge(random.Random(1), 4)]
+
+    def grads(aux_weight: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(build_config(processor.tokenizer, 32, 2, 2))
+        accumulate_gradients(model, processor, conversations, 4096, aux_layer=1, aux_weight=aux_weight)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, with_aux = grads(0.0), grads(1.0)
+    first = "model.language_model.layers.0.self_attn.o_proj.weight"
+    last = "model.language_model.layers.1.self_attn.o_proj.weight"
+    assert not torch.allclose(plain[first], with_aux[first])
+    torch.testing.assert_close(plain[last], with_aux[last])
 
 
 def test_batches_depend_only_on_seed_and_step():
@@ -74,12 +122,19 @@ def test_training_stream_covers_every_question_type_and_in_context_task():
     assert len(items) == CHUNK_STEPS * TrainConfig().batch_size
     assert {i.meta["qtype"] for i in items if i.task == "vqa"} == set(QTYPES)
     assert {i.icl_task for i in items if i.task == "icl"} == {"color", "shape", "size", "count"}
-    assert {i.language for i in items} == {"en", "xx"}
+    assert {i.language for i in items} == set(LANGUAGES)
 
 
 def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
     config = TrainConfig(
-        steps=4, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10, align_steps=2
+        steps=4,
+        batch_size=4,
+        hidden_size=32,
+        n_layers=2,
+        n_heads=2,
+        aux_layer=1,
+        checkpoint_every=10,
+        align_steps=2,
     )
     whole = train(tmp_path / "whole", config, progress=False)
     assert train(tmp_path / "paused", config, until_step=2, progress=False) is None
@@ -93,7 +148,9 @@ def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_a_finished_run_can_be_extended_but_not_changed(tmp_path):
-    small = dict(batch_size=4, hidden_size=32, n_layers=2, n_heads=2, checkpoint_every=10, align_steps=2)
+    small = dict(
+        batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, checkpoint_every=10, align_steps=2
+    )
     train(tmp_path / "run", TrainConfig(steps=3, **small), progress=False)
     extended = train(tmp_path / "run", TrainConfig(steps=5, **small), progress=False)
     log = json.loads((extended.parent / "train_log.json").read_text())["log"]
@@ -101,3 +158,39 @@ def test_a_finished_run_can_be_extended_but_not_changed(tmp_path):
     assert log[-1]["step"] == 4
     with pytest.raises(HeadvecError, match="other settings"):
         train(tmp_path / "run", TrainConfig(steps=6, **{**small, "batch_size": 2}), progress=False)
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    """kill -9 in the middle of a run, rerun the same command: the result equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(
+        steps=12, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, checkpoint_every=2,
+        align_steps=2,
+    )  # fmt: skip
+    script = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from headvec.toyworld.train import TrainConfig, train\n"
+        f"train(sys.argv[1], TrainConfig(**{settings!r}), progress=False)\n"
+    )
+    killed = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", script, str(killed)])
+    state = killed / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if state.exists() and json.loads(state.read_text())["step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (killed / "model").exists()
+    resumed = train(killed, TrainConfig(**settings), progress=False)
+    whole = train(tmp_path / "whole", TrainConfig(**settings), progress=False)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

@@ -1,7 +1,8 @@
 """A procedural vision-language toy world: simple objects on a grid, their scene graphs, and task data.
 
 Small enough for a tiny LLaVA-style model to learn on a CPU, deterministic for a seed, with a closed
-vocabulary (:func:`vocabulary`) in two parallel surface languages (``en`` and the invented ``xx``).
+vocabulary (:func:`vocabulary`) in parallel surface languages (``en`` and the invented ``xx``, ``yy``,
+``zz``, each with its own words and word order).
 
     import random
     from headvec.toyworld import make_vqa, export_all
@@ -11,7 +12,14 @@ vocabulary (:func:`vocabulary`) in two parallel surface languages (``en`` and th
 
 from headvec.toyworld.episodes import ICL_PROMPT, ICL_TASKS, Episode, Shot, make_icl
 from headvec.toyworld.export import TASKS, export, export_all, generate, vlrewardbench_row
-from headvec.toyworld.language import LANGUAGES, lexicon, tokenize_words, translate, vocabulary
+from headvec.toyworld.language import (
+    LANGUAGES,
+    language_of,
+    lexicon,
+    tokenize_words,
+    translate,
+    vocabulary,
+)
 from headvec.toyworld.preferences import BIASES, CATEGORIES, Preference, make_preference
 from headvec.toyworld.scenes import (
     COLORS,
@@ -68,6 +76,7 @@ __all__ = [
     "export",
     "export_all",
     "generate",
+    "language_of",
     "lexicon",
     "make_caption",
     "make_cot",

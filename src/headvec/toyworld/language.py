@@ -1,10 +1,21 @@
-"""The closed vocabulary, the word tokenizer, and the second surface language ``xx``.
+"""The closed vocabulary, the word tokenizer, and the synthetic surface languages.
 
-``xx`` is English with every word swapped for an invented one (a fixed bijection) and two word-order
-rules: adjectives follow their noun (``red square`` -> ``square red``) and a question's wh-phrase moves
-to its end (``what color is the square ?`` -> ``is the square what color ?``). Punctuation, digits and
-JSON keys stay as they are. Both rules are invertible on the texts the generators write, so
-``translate(translate(t, "xx"), "en") == t``.
+English (``en``) is the language every generator writes; each synthetic language is English with every
+word swapped for an invented one (a fixed bijection drawn from the language's own sound inventory) and
+its own word order, built from two invertible rules:
+
+- adjectives follow their noun (``red square`` -> ``square red``);
+- a question's wh-phrase moves to its end (``what color is the square ?`` -> ``is the square what color ?``).
+
+| language | adjectives | wh-phrase | words look like |
+|---|---|---|---|
+| ``en`` | before the noun | first | English |
+| ``xx`` | after the noun | last | ``dob``, ``kaze`` |
+| ``yy`` | after the noun | first | ``halu``, ``wimo`` |
+| ``zz`` | before the noun | last | ``grek``, ``shod`` |
+
+Punctuation, digits and JSON keys stay as they are. The lexicons are disjoint, so the language of a
+text is read off its words, and ``translate(translate(t, "xx"), "en") == t`` for every generated text.
 """
 
 from __future__ import annotations
@@ -12,11 +23,11 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from headvec.toyworld.scenes import COLORS, PLURALS, SHAPES, SIZES
 
-LANGUAGES = ("en", "xx")
 NUMBERS = ("zero", "one", "two", "three", "four")
 FUNCTION_WORDS = (
     # questions, answers and prompts
@@ -39,7 +50,28 @@ WH_NOUNS = frozenset(("color", "shape", "size"))
 TERMINATORS = frozenset((".", "?", ":", "!"))
 
 _TOKEN = re.compile(r"\*\*|[A-Za-z]+|\d|[^\sA-Za-z\d]")
-_LEXICON_SEED = "toyworld-xx-1"
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """How a synthetic language differs from English: its word order and the sounds of its words."""
+
+    adjectives_after: bool
+    wh_last: bool
+    onsets: tuple[str, ...]  # consonant (clusters) a syllable may start with
+    vowels: str
+    codas: str  # consonants a word may end with ("" = words end in a vowel)
+    lexicon_seed: str
+
+
+GRAMMARS = {
+    "xx": Grammar(True, True, tuple("bdfgklmnprstvz"), "aeiou", "bdfgklmnprstvz", "toyworld-xx-1"),
+    "yy": Grammar(True, False, tuple("hjlmnpw"), "aiu", "", "toyworld-yy-1"),
+    "zz": Grammar(
+        False, True, ("gr", "kr", "sh", "tr", "br", "pl", "dw", "sk"), "eoy", "kxdq", "toyworld-zz-1"
+    ),
+}
+LANGUAGES = ("en", *GRAMMARS)
 
 
 def tokenize_words(text: str) -> list[str]:
@@ -47,64 +79,103 @@ def tokenize_words(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def _invent(rng: random.Random, grammar: Grammar) -> str:
+    if grammar.codas:  # CVC or CVCV, the coda letters drawn from the language's own set
+        pattern = "cvc" if rng.random() < 0.5 else "cvcv"
+    else:  # open syllables only: CVCV or CVCVCV
+        pattern = "cvcv" if rng.random() < 0.5 else "cvcvcv"
+    word, last = [], len(pattern) - 1
+    for i, slot in enumerate(pattern):
+        if slot == "v":
+            word.append(rng.choice(grammar.vowels))
+        else:
+            word.append(rng.choice(grammar.codas if i == last and grammar.codas else grammar.onsets))
+    return "".join(word)
+
+
 @cache
-def lexicon() -> dict[str, str]:
-    """The fixed English -> ``xx`` word bijection (invented CVC / CVCV words, none of them English)."""
-    rng = random.Random(_LEXICON_SEED)
+def _lexicons() -> dict[str, dict[str, str]]:
+    """Every synthetic language's English -> word bijection, drawn in a fixed order so none share a word."""
     taken = set(ENGLISH_WORDS) | set(JSON_KEYS)
-    mapping = {}
-    for word in ENGLISH_WORDS:
-        while True:
-            pattern = "cvc" if rng.random() < 0.5 else "cvcv"
-            new = "".join(rng.choice("bdfgklmnprstvz" if p == "c" else "aeiou") for p in pattern)
-            if new not in taken:
-                break
-        taken.add(new)
-        mapping[word] = new
-    return mapping
+    lexicons = {}
+    for language, grammar in GRAMMARS.items():
+        rng = random.Random(grammar.lexicon_seed)
+        mapping = {}
+        for word in ENGLISH_WORDS:
+            new = _invent(rng, grammar)
+            while new in taken:
+                new = _invent(rng, grammar)
+            taken.add(new)
+            mapping[word] = new
+        lexicons[language] = mapping
+    return lexicons
+
+
+def lexicon(language: str = "xx") -> dict[str, str]:
+    """The fixed English -> ``language`` word bijection."""
+    _check_language(language)
+    if language == "en":
+        return {w: w for w in ENGLISH_WORDS}
+    return _lexicons()[language]
 
 
 @cache
-def _inverse_lexicon() -> dict[str, str]:
-    return {v: k for k, v in lexicon().items()}
+def _word_language() -> dict[str, str]:
+    """Which synthetic language each invented word belongs to."""
+    return {word: language for language, table in _lexicons().items() for word in table.values()}
+
+
+@cache
+def _inverse_lexicon(language: str) -> dict[str, str]:
+    return {v: k for k, v in _lexicons()[language].items()}
 
 
 def vocabulary(language: str | None = None) -> list[str]:
-    """Every token any generator writes (in ``language``, or in both), sorted."""
+    """Every token any generator writes (in ``language``, or in all languages), sorted."""
     shared = {*PUNCTUATION, *DIGITS, *JSON_KEYS}
-    words = {"en": set(ENGLISH_WORDS), "xx": set(lexicon().values())}
     if language is None:
-        return sorted(shared | words["en"] | words["xx"])
-    _check_language(language)
-    return sorted(shared | words[language])
+        return sorted(shared.union(*(lexicon(lang).values() for lang in LANGUAGES)))
+    return sorted(shared | set(lexicon(language).values()))
 
 
-@lru_cache(maxsize=1 << 14)
+def language_of(text: str) -> str:
+    """The language a generated text is written in (``en`` when it holds no invented word)."""
+    words = _word_language()
+    for token in tokenize_words(text):
+        if token in words:
+            return words[token]
+    return "en"
+
+
+@lru_cache(maxsize=1 << 15)
 def translate(text: str, language: str) -> str:
-    """Translate a generated text into ``language`` (either way; a text already in it is returned as is).
+    """Translate a generated text into ``language`` (from any language; a text already in it is kept).
 
     A text starting with ``{`` is scene-graph JSON: its string values are translated, its keys are not.
     """
     _check_language(language)
-    if ("xx" if _is_xx(text) else "en") == language:
+    source = language_of(text)
+    if source == language:
         return text
     if text.startswith("{"):
         return json.dumps(_translate_json(json.loads(text), language), separators=(",", ":"))
     tokens = tokenize_words(text)
-    if language == "xx":
-        out = [_map(lexicon(), t) for t in _move_wh(_adjectives_after(tokens))]
-    else:
-        out = _move_wh_back(_adjectives_before([_map(_inverse_lexicon(), t) for t in tokens]))
-    return " ".join(out)
+    if source != "en":  # back to English first
+        grammar = GRAMMARS[source]
+        tokens = [_map(_inverse_lexicon(source), t) for t in tokens]
+        tokens = _adjectives_before(tokens) if grammar.adjectives_after else tokens
+        tokens = _move_wh_back(tokens) if grammar.wh_last else tokens
+    if language != "en":
+        grammar = GRAMMARS[language]
+        tokens = _adjectives_after(tokens) if grammar.adjectives_after else tokens
+        tokens = _move_wh(tokens) if grammar.wh_last else tokens
+        tokens = [_map(lexicon(language), t) for t in tokens]
+    return " ".join(tokens)
 
 
 def _check_language(language: str) -> None:
     if language not in LANGUAGES:
         raise ValueError(f"unknown language {language!r}; choose one of {LANGUAGES}")
-
-
-def _is_xx(text: str) -> bool:
-    return any(t in _inverse_lexicon() for t in tokenize_words(text))
 
 
 def _map(table: dict[str, str], token: str) -> str:

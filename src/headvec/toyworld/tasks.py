@@ -141,7 +141,7 @@ def scene_graph(scene: Scene) -> str:
 
 def parse_final_answer(text: str, language: str = "en") -> str | None:
     """The answer after the last ``so the answer is`` (in ``language``), up to the next ``.``."""
-    marker = tokenize_words(FINAL) if language == "en" else [lexicon()[w] for w in tokenize_words(FINAL)]
+    marker = [lexicon(language)[w] for w in tokenize_words(FINAL)]
     tokens = tokenize_words(text)
     starts = [i for i in range(len(tokens)) if tokens[i : i + len(marker)] == marker]
     if not starts:

@@ -3,6 +3,13 @@
 Every step's batch is generated from ``(seed, step)`` alone, so a run killed at any point and resumed
 from its last checkpoint sees exactly the data an uninterrupted run would. Checkpoints are safetensors
 (model and optimizer tensors) plus JSON, never pickle. Loss is on the assistant's answer tokens only.
+
+Binding (reading the attribute of the object a question names) forms, without help, only in the last
+decoder layer, which leaves no layer to compare its result with a candidate answer: the judge then stays
+at chance. Deep supervision fixes the order: an auxiliary loss reads the residual stream after
+``aux_layer`` through the final norm and the (tied) output embedding and asks it for every VQA answer,
+and, on judge items, for the *gold* answer at the position of the candidate. The lookup then forms by
+the middle of the stack, and the layers above it learn to compare.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from tqdm.auto import tqdm
 
 from headvec.errors import HeadvecError
 from headvec.toyworld.episodes import Episode, make_icl
+from headvec.toyworld.language import LANGUAGES, lexicon, translate
 from headvec.toyworld.model import (
     IMAGE_SIZE,
     IMAGE_TOKENS,
@@ -32,16 +40,23 @@ from headvec.toyworld.model import (
     save_toy_model,
 )
 from headvec.toyworld.scenes import render, sample_scene
-from headvec.toyworld.tasks import make_caption, make_cot, make_judge, make_scene_graph, make_vqa
+from headvec.toyworld.tasks import (
+    JudgeItem,
+    make_caption,
+    make_cot,
+    make_judge,
+    make_scene_graph,
+    make_vqa,
+)
 
 # Share of each task in the training stream (in-context episodes are longer, so fewer of them).
 DEFAULT_MIXTURE = {
-    "vqa": 0.34,
-    "judge": 0.2,
-    "icl": 0.16,
+    "vqa": 0.3,
+    "judge": 0.3,
+    "icl": 0.12,
     "cot": 0.1,
-    "caption": 0.1,
-    "scene_graph": 0.1,
+    "caption": 0.06,
+    "scene_graph": 0.12,
 }
 GENERATORS = {
     "vqa": make_vqa,
@@ -56,7 +71,7 @@ GENERATORS = {
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 3000
+    steps: int = 6500
     batch_size: int = 32
     lr: float = 5e-4
     align_steps: int = 600
@@ -68,18 +83,28 @@ class TrainConfig:
     micro_batch_tokens: int = 2048
     checkpoint_every: int = 200
     hidden_size: int = 128
-    n_layers: int = 6
+    n_layers: int = 8
     n_heads: int = 8
-    languages: tuple[str, ...] = ("en", "xx")
+    aux_layer: int = 4  # deep supervision of VQA answers and judge gold answers after this layer (0: off)
+    aux_weight: float = 0.5
+    languages: tuple[str, ...] = LANGUAGES
     mixture: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
 
 
 @dataclass
 class Conversation:
-    """User turns (images + text) each followed by the assistant's answer."""
+    """User turns (images + text) each followed by the assistant's answer.
+
+    ``answer_hint``: the last answer is also a target of the auxiliary (middle-layer) loss.
+    ``candidate_hint``: (candidate, gold) of a judge item: the candidate's tokens in the user text get
+    the gold answer's tokens as auxiliary targets.
+    """
 
     turns: list[tuple[int, str, str]]  # (number of images, user text, answer)
     images: list[Image.Image]
+    language: str = "en"
+    answer_hint: bool = False
+    candidate_hint: tuple[str, str] | None = None
 
 
 def as_conversation(item) -> Conversation:
@@ -89,8 +114,18 @@ def as_conversation(item) -> Conversation:
         return Conversation(
             turns=[(1, item.prompt, shot.answer) for shot in shots],
             images=[shot.image(IMAGE_SIZE) for shot in shots],
+            language=item.language,
         )
-    return Conversation(turns=[(1, item.prompt, item.answer)], images=[item.image(IMAGE_SIZE)])
+    hint = None
+    if isinstance(item, JudgeItem):
+        hint = (item.candidate, translate(item.meta["gold"], item.language))
+    return Conversation(
+        turns=[(1, item.prompt, item.answer)],
+        images=[item.image(IMAGE_SIZE)],
+        language=item.language,
+        answer_hint=item.task == "vqa",
+        candidate_hint=hint,
+    )
 
 
 CHUNK_STEPS = 50  # items are generated for this many steps at once, so every task's types stay balanced
@@ -129,33 +164,49 @@ def sample_batch(config: TrainConfig, step: int) -> list[Conversation]:
     return [as_conversation(item) for item in items[start : start + config.batch_size]]
 
 
-def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
-    """Token ids in the chat template's layout (image tokens expanded) and labels on the answers."""
+def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int], list[int]]:
+    """Token ids in the chat template's layout (image tokens expanded), labels on the answers, and the
+    auxiliary labels of the middle-layer loss (see :class:`Conversation`)."""
 
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    input_ids, labels = [tokenizer.bos_token_id], [-100]
+    input_ids, labels, aux = [tokenizer.bos_token_id], [-100], [-100]
     for n_images, user_text, answer in conversation.turns:
         user = ids("USER:" + " <image>" * n_images + f" {user_text} ASSISTANT:")
         user = [t for token in user for t in ([token] * IMAGE_TOKENS if token == image_id else [token])]
         reply = ids(f" {answer} </s>")
+        user_aux = [-100] * len(user)
+        if conversation.candidate_hint is not None:
+            candidate, gold = (ids(text) for text in conversation.candidate_hint)
+            marker = ids(f"{lexicon(conversation.language)['answer']} :")
+            starts = [i for i in range(len(user)) if user[i : i + len(marker)] == marker]
+            start = starts[-1] + len(marker) if starts else -1
+            if (
+                start >= 0
+                and len(gold) == len(candidate)
+                and user[start : start + len(candidate)] == candidate
+            ):
+                user_aux[start : start + len(gold)] = gold
         input_ids += user + reply
         labels += [-100] * len(user) + reply
-    return input_ids, labels
+        aux += user_aux + ([*reply[:-1], -100] if conversation.answer_hint else [-100] * len(reply))
+    return input_ids, labels, aux
 
 
 def collate(processor, conversations: Sequence[Conversation]) -> dict[str, torch.Tensor]:
     tokenizer = processor.tokenizer
     encoded = [encode_conversation(tokenizer, c) for c in conversations]
-    width = max(len(ids) for ids, _ in encoded)
+    width = max(len(ids) for ids, _, _ in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     labels = torch.full((len(encoded), width), -100)
+    aux_labels = torch.full((len(encoded), width), -100)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(encoded):
+    for row, (ids, labs, aux) in enumerate(encoded):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(labs)] = torch.tensor(labs)
+        aux_labels[row, : len(aux)] = torch.tensor(aux)
         attention_mask[row, : len(ids)] = 1
     images = [image for c in conversations for image in c.images]
     pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
@@ -163,6 +214,7 @@ def collate(processor, conversations: Sequence[Conversation]) -> dict[str, torch
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
+        "aux_labels": aux_labels,
         "pixel_values": pixel_values,
     }
 
@@ -184,23 +236,39 @@ def length_buckets(
     return [[conversations[i] for i in bucket] for bucket in buckets]
 
 
+def _conversation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each conversation's mean cross-entropy over its labelled tokens (0 for a row without any)."""
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    return token_loss.sum(dim=1) / (labels != -100).sum(dim=1).clamp(min=1)
+
+
 def accumulate_gradients(
-    model, processor, conversations: Sequence[Conversation], max_tokens: int
+    model,
+    processor,
+    conversations: Sequence[Conversation],
+    max_tokens: int,
+    aux_layer: int = 0,
+    aux_weight: float = 0.0,
 ) -> torch.Tensor:
     """Batch loss with gradients, computed in length buckets: each conversation's mean answer-token
-    cross-entropy, averaged over conversations. Per-conversation means keep one-word VQA answers from
-    being drowned by the hundred-token scene graphs."""
+    cross-entropy, averaged over conversations, plus ``aux_weight`` times the same for the auxiliary
+    labels read after decoder layer ``aux_layer``. Per-conversation means keep one-word VQA answers
+    from being drowned by the hundred-token scene graphs."""
     buckets = length_buckets(processor.tokenizer, conversations, max_tokens)
     loss_sum = torch.zeros(())
     for bucket in buckets:
         batch = collate(processor, bucket)
         labels = batch.pop("labels")[:, 1:]
-        logits = model(**batch).logits[:, :-1]
-        token_loss = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
-        )
-        answer_tokens = (labels != -100).sum(dim=1).clamp(min=1)
-        loss = (token_loss.sum(dim=1) / answer_tokens).sum() / len(conversations)
+        aux_labels = batch.pop("aux_labels")[:, 1:]
+        use_aux = aux_layer > 0 and aux_weight > 0 and bool((aux_labels != -100).any())
+        output = model(**batch, output_hidden_states=use_aux)
+        loss = _conversation_loss(output.logits[:, :-1], labels)
+        if use_aux:
+            hidden = model.model.language_model.norm(output.hidden_states[aux_layer][:, :-1])
+            loss = loss + aux_weight * _conversation_loss(model.lm_head(hidden), aux_labels)
+        loss = loss.sum() / len(conversations)
         loss.backward()
         loss_sum += loss.detach()
     return loss_sum
@@ -300,6 +368,11 @@ def train(
     ``until_step`` pauses after that many steps (checkpointed; returns None): rerun to continue.
     """
     config = config or TrainConfig()
+    if not 0 <= config.aux_layer < config.n_layers:
+        raise HeadvecError(
+            f"aux_layer {config.aux_layer} must be below n_layers {config.n_layers}; "
+            "0 turns the auxiliary loss off"
+        )
     out = Path(out_dir)
     checkpoint = out / "checkpoint"
     torch.manual_seed(config.seed)
@@ -331,28 +404,41 @@ def train(
             )
 
     model.train()
+    started = time.perf_counter()
+    elapsed = max((e["seconds"] for e in log if "seconds" in e), default=0.0)  # earlier sessions of this run
+
+    def seconds() -> float:
+        return round(elapsed + time.perf_counter() - started, 1)
+
     if start == 0:  # a resumed run's checkpoint already holds the aligned weights
         align_vision(model, processor, config, progress)
+        log.append({"step": 0, "aligned": True, "seconds": seconds()})
     bar = tqdm(
         range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress
     )
-    started, running = time.perf_counter(), None
+    running = None
     for step in bar:
         if until_step is not None and step >= until_step:
+            log.append({"step": step, "paused": True, "seconds": seconds()})
             save_checkpoint(checkpoint, model, optimizer, step - 1, config, log)
             return None
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = accumulate_gradients(model, processor, sample_batch(config, step), config.micro_batch_tokens)
+        loss = accumulate_gradients(
+            model,
+            processor,
+            sample_batch(config, step),
+            config.micro_batch_tokens,
+            config.aux_layer,
+            config.aux_weight,
+        )
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
         if step % 50 == 0 or step == config.steps - 1:
-            log.append(
-                {"step": step, "loss": round(running, 4), "seconds": round(time.perf_counter() - started, 1)}
-            )
+            log.append({"step": step, "loss": round(running, 4), "seconds": seconds()})
         if (step + 1) % config.checkpoint_every == 0 or step == config.steps - 1:
             save_checkpoint(checkpoint, model, optimizer, step, config, log)
     model.eval()
