@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-10)
 STAMP = $(VENV)/.installed-$(1)-$(PYPROJECT_HASH)
 
-.PHONY: demo test bench bench-methods lint clean
+.PHONY: demo test test-all bench bench-methods bench-imports lint clean
 
 $(call STAMP,test):
 	bash scripts/install.sh test
@@ -18,7 +18,11 @@ $(call STAMP,bench):
 demo: $(call STAMP,test)
 	$(BIN)/python -m headvec.demo
 
+# `make test` skips the tests marked slow (long end-to-end runs); `make test-all` runs them too.
 test: $(call STAMP,test)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+test-all: $(call STAMP,test)
 	$(BIN)/python -m pytest tests
 
 bench: $(call STAMP,bench)
@@ -26,6 +30,10 @@ bench: $(call STAMP,bench)
 
 bench-methods: $(call STAMP,bench)
 	$(BIN)/python bench/run.py --only methods
+
+# Only the import and startup times, replaced in place in docs/benchmarks.md.
+bench-imports: $(call STAMP,bench)
+	$(BIN)/python bench/run.py --only imports
 
 lint: $(call STAMP,test)
 	$(BIN)/ruff check src tests bench

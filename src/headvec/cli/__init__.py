@@ -2,41 +2,97 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from headvec.cli.common import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
     RemoteOpt,
     ThreadsOpt,
     console,
+    load_model,
     parse_ints,
     set_threads,
     user_errors,
 )
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+# Command groups imported only when used: name -> (module, Typer attribute, the short help `headvec
+# --help` shows). `headvec --help` imports none of them, so it costs no torch, FastAPI or Ray; a test
+# checks that each group's own help starts with its short help here.
+LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
+    "sav": ("headvec.cli.sav", "app", "Sparse Attention Vectors: few-shot classifiers from a few heads."),
+    "mtv": ("headvec.cli.mtv", "app", "Multimodal Task Vectors: many-shot ICL compressed into heads."),
+    "rm": ("headvec.cli.rm", "app", "Activation reward models: few-shot reward models by steering heads."),
+    "bench": (
+        "headvec.cli.bench",
+        "app",
+        "Reward-model benchmarks: run any reward model or judge on VL-RewardBench, Multimodal RewardBench "
+        "or RewardBench",
+    ),
+    "serve": ("headvec.cli.serve", "app", "Serve models over HTTP"),
+}
+
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose :data:`LAZY_GROUPS` are imported when resolved, not when help is listed."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_GROUPS if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in LAZY_GROUPS or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        module, attribute, short_help = LAZY_GROUPS[cmd_name]
+        if self._listing:  # the root's help: name and short help only, nothing imported
+            return typer.core.TyperCommand(name=cmd_name, help=short_help)
+        command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+        command.name = cmd_name
+        self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+app = typer.Typer(
+    help=__doc__,
+    cls=LazyGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command()
 @user_errors
 def info(
     model: ModelArg,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a model's layers, heads, head_dim and the modules headvec hooks."""
-    from headvec.models import load
-
-    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     arch = loaded.arch
     facts = {
         "model": model,
@@ -69,18 +125,20 @@ def extract(
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     residual: Annotated[bool, typer.Option(help="Also cache the residual stream (layer outputs).")] = False,
     chat: Annotated[bool, typer.Option(help="Wrap each text in the model's chat template.")] = True,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Cache per-head activations of every row of DATA into OUT (safetensors shards + index.json)."""
     from headvec.cache import extract_to_disk
     from headvec.data import read_text_image_rows
     from headvec.engine import HeadEngine
-    from headvec.models import load
 
     rows = read_text_image_rows(data)
-    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     prompts = [loaded.build_prompt(row.text, [row.image] if row.image else [], chat=chat) for row in rows]
     wanted = parse_ints(positions, "positions") or [-1]
     extract_to_disk(
@@ -144,12 +202,15 @@ def toyworld_eval(
     n: Annotated[int, typer.Option(help="Held-out items per task and language.")] = 200,
     seed: int = 1,
     out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here.")] = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Measure the toy model's capabilities on held-out scenes, in both surface languages."""
-    from headvec.models import load
     from headvec.toyworld.evaluate import evaluate_toy_model
 
-    results = evaluate_toy_model(load(model, device="cpu"), n=n, seed=seed)
+    loaded = load_model(model, dtype=dtype, device=device, threads=threads)
+    results = evaluate_toy_model(loaded, n=n, seed=seed)
     table = Table(title=f"toy model capabilities ({n} held-out items per task)")
     table.add_column("metric")
     for language in results:
@@ -163,16 +224,3 @@ def toyworld_eval(
 
 if __name__ == "__main__":
     app()
-
-
-def _add_method_commands() -> None:
-    from headvec.cli import bench, mtv, rm, sav, serve
-
-    app.add_typer(sav.app, name="sav")
-    app.add_typer(mtv.app, name="mtv")
-    app.add_typer(bench.app, name="bench")
-    app.add_typer(rm.app, name="rm")
-    app.add_typer(serve.app, name="serve")
-
-
-_add_method_commands()

@@ -12,14 +12,16 @@ import typer
 from rich.table import Table
 
 from headvec.cli.common import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
     RemoteOpt,
     ThreadsOpt,
     console,
+    load_model,
     parse_ints,
-    set_threads,
     user_errors,
 )
 from headvec.errors import HeadvecError
@@ -48,12 +50,6 @@ SeedOpt = Annotated[int, typer.Option(help="Seeds every random choice (shots, ma
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
-def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
-    from headvec.models import load
-
-    return load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-
-
 def _toy_episodes(icl_task: str, n: int, split: str, seed: int, language: str, shots: int = 4):
     from headvec.evaluation.mtv import toy_icl_episodes
 
@@ -78,8 +74,8 @@ def fit(
     inference_shots: Annotated[int, typer.Option(min=0, help="Shots kept in the prompt at inference.")] = 0,
     chat: Annotated[bool, typer.Option(help="Use the model's chat template.")] = True,
     seed: SeedOpt = 0,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
     threads: ThreadsOpt = 0,
     progress: ProgressOpt = True,
@@ -87,11 +83,12 @@ def fit(
     """Fit a task vector on MODEL and save it (safetensors + JSON) with its loss curve and head map."""
     import time
 
-    from headvec.evaluation.mtv import plot_head_maps, plot_loss_curves
+    from headvec.evaluation.mtv import fit_summary, plot_head_maps, plot_loss_curves
     from headvec.methods.mtv import MultimodalTaskVector, read_episodes_jsonl
 
-    set_threads(threads)
-    loaded = _load(model, dtype, device, trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     if task == TOY_TASK:
         episodes = _toy_episodes(icl_task, n_train, "train", seed, language)
         name = f"toy {icl_task}"
@@ -115,16 +112,7 @@ def fit(
     mtv.fit(episodes)
     seconds = time.perf_counter() - start
     mtv.save_pretrained(out)
-    import torch
-
-    fits = {
-        name: {
-            "loss_curve": mtv.loss_curve_,
-            "heads": mtv.heads_,
-            "n_heads": len(mtv.heads_),
-            "probabilities": torch.sigmoid(mtv.theta_).tolist(),  # type: ignore[arg-type]
-        }
-    }
+    fits = {name: fit_summary(mtv)}
     plot_loss_curves(fits, out / "loss_curve.png")
     plot_head_maps(fits, out / "head_map.png")
     curve = mtv.loss_curve_
@@ -155,21 +143,22 @@ def run(
     shots: Annotated[int | None, typer.Option(help="Shots of each episode kept in the prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 10,
     out: Annotated[Path | None, typer.Option(help="Write the answers as JSONL here.")] = None,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
     threads: ThreadsOpt = 0,
 ) -> None:
     """Answer queries with the task vector written into its heads (at every decoding step)."""
-    from headvec.methods.artifacts import load_artifact
-    from headvec.methods.mtv import IclEpisode, MultimodalTaskVector, normalize_answer, read_episodes_jsonl
+    from headvec.methods.artifacts import fitted_model_name
+    from headvec.methods.mtv import IclEpisode, MultimodalTaskVector, answers_match, read_episodes_jsonl
     from headvec.models import Example
 
-    set_threads(threads)
     if (data is None) == (text is None):
         raise HeadvecError("give either --data FILE.jsonl or --text (with optional --image)")
-    config, _ = load_artifact(directory, "mtv")
-    loaded = _load(model or config["fitted_on"]["name_or_path"], dtype, device, trust_remote_code)
+    name = model or fitted_model_name(directory)
+    loaded = load_model(
+        name, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     mtv = MultimodalTaskVector.from_pretrained(directory, loaded, max_new_tokens=max_new_tokens)
     if data is not None:
         episodes = read_episodes_jsonl(data)
@@ -190,7 +179,7 @@ def run(
     console.print(table)
     scored = [r for r in rows if "target" in r]
     if scored:
-        hits = sum(normalize_answer(r["answer"]) == normalize_answer(r["target"]) for r in scored)
+        hits = sum(answers_match([r["answer"] for r in scored], [r["target"] for r in scored]))
         console.print(f"exact match: {hits}/{len(scored)} = {hits / len(scored):.3f}")
 
 
@@ -226,8 +215,8 @@ def evaluate(
     lr: LrOpt = 0.1,
     mode: ModeOpt = "replace",
     seed: SeedOpt = 0,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
     threads: ThreadsOpt = 0,
     progress: ProgressOpt = True,
@@ -243,8 +232,9 @@ def evaluate(
     )
     from headvec.methods.mtv import read_episodes_jsonl
 
-    set_threads(threads)
-    loaded = _load(model, dtype, device, trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     config = ToyIclConfig(
         tasks=tuple(t.strip() for t in icl_tasks.split(",") if t.strip()),
         language=language,

@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from headvec.cli.common import DeviceOpt, DtypeOpt, ModelArg, RemoteOpt, console, parse_ints, user_errors
+from headvec.cli.common import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DeviceOpt,
+    DtypeOpt,
+    ModelArg,
+    RemoteOpt,
+    ThreadsOpt,
+    console,
+    load_model,
+    parse_ints,
+    user_errors,
+)
 
 app = typer.Typer(
     help="Sparse Attention Vectors: few-shot classifiers from a few heads.", no_args_is_help=True
@@ -48,17 +60,19 @@ def fit(
     scoring: Annotated[str, typer.Option(help="leave_one_out or leave_in (published).")] = "leave_one_out",
     chat: ChatOpt = True,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Fit a SAV classifier on labelled rows and save it (safetensors + JSON)."""
     from headvec.data import LabelledRow, read_text_image_rows
     from headvec.methods.sav import SparseAttentionVectors
-    from headvec.models import load
 
     rows = read_text_image_rows(train, LabelledRow)
-    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     sav = SparseAttentionVectors(
         loaded,
         _head_count(n_heads),
@@ -83,28 +97,31 @@ def predict(
     model: Annotated[
         str | None, typer.Option(help="Model to use (default: the one it was fitted on).")
     ] = None,
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
+    trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Classify rows; prints accuracy when the rows carry labels."""
     from headvec.data import read_text_image_rows
-    from headvec.methods.sav import SparseAttentionVectors
-    from headvec.models import load
+    from headvec.methods.artifacts import fitted_model_name
+    from headvec.methods.sav import SparseAttentionVectors, accuracy
 
     rows = read_text_image_rows(data)
-    sav = SparseAttentionVectors.from_pretrained(classifier, load(model, device=device) if model else None)
-    sav.progress = True
-    prediction, counts = sav.decision_votes(_inputs(rows))
-    predicted = [sav.classes_[i] for i in prediction.tolist()]
-    shares = (counts.float() / counts.sum(dim=1, keepdim=True)).tolist()
+    name = model or fitted_model_name(classifier)
+    loaded = load_model(
+        name, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
+    sav = SparseAttentionVectors.from_pretrained(classifier, loaded).set_params(progress=True)
+    predicted, shares = sav.predict_votes(_inputs(rows))
     if out is not None:
         with out.open("w") as handle:
-            for row, label, share in zip(rows, predicted, shares, strict=True):
+            for row, label, share in zip(rows, predicted, shares.tolist(), strict=True):
                 votes = dict(zip(sav.classes_, share, strict=True))
                 handle.write(json.dumps({"text": row.text, "prediction": label, "votes": votes}) + "\n")
     labels = [(row.model_extra or {}).get("label") for row in rows]
     if all(label is not None for label in labels):
-        accuracy = sum(p == str(y) for p, y in zip(predicted, labels, strict=True)) / len(rows)
-        console.print(f"accuracy {accuracy:.3f} on {len(rows)} rows")
+        console.print(f"accuracy {accuracy(predicted, labels, sav.classes_):.3f} on {len(rows)} rows")
     else:
         for row, label in list(zip(rows, predicted, strict=True))[:20]:
             console.print(f"{label}\t{row.text[:80]}")
@@ -134,7 +151,9 @@ def evaluate(
     chat: ChatOpt = True,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """SAV vs zero-shot, in-context, and probe baselines at each shot count; tables and plots."""
@@ -142,7 +161,6 @@ def evaluate(
     from headvec.errors import HeadvecError
     from headvec.evaluation.classification import ClassificationTask, evaluate_classification, write_report
     from headvec.evaluation.classification_tasks import build_task
-    from headvec.models import load
 
     tasks: list[ClassificationTask] = [build_task(name, seed) for name in task.split(",") if name.strip()]
     if train is not None or test is not None:
@@ -163,7 +181,9 @@ def evaluate(
         )
     if not tasks:
         raise HeadvecError("nothing to evaluate: give --task NAME or --train/--test files")
-    loaded = load(model, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(
+        model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
+    )
     shot_counts = parse_ints(shots, "shots") or [1, 2, 5, 10, 20]
     for spec in tasks:
         results = evaluate_classification(

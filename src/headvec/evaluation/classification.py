@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from headvec._optional import require
 from headvec.engine import HeadEngine
 from headvec.errors import DataError
 from headvec.methods.sav import ClassifierInput, SparseAttentionVectors
@@ -288,7 +289,7 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 def save_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Accuracy vs shots, accuracy vs heads, and the head map of the selected heads (PNG)."""
-    import matplotlib
+    matplotlib = require("matplotlib", feature="SAV plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
