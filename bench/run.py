@@ -443,6 +443,28 @@ def run_methods(quick: bool, scratch: Path) -> dict[str, Any]:
     }
 
 
+def run_imports(quick: bool, scratch: Path) -> dict[str, Any]:
+    """Import and startup times (fresh interpreters, interleaved) and the cost of cloning an estimator."""
+    return run_worker("_imports.py", ["--reps", "3" if quick else "9"], scratch)
+
+
+def render_imports(result: dict[str, Any]) -> str:
+    from _imports import render_section
+
+    return "\n".join(render_section(result)) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the section of the same ``## `` heading replaced by ``section`` (appended if new)."""
+    heading = section.splitlines()[0]
+    lines = text.splitlines()
+    if heading not in lines:
+        return text.rstrip("\n") + "\n\n" + section
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]).rstrip() + "\n"
+
+
 def render_methods(methods: dict[str, Any]) -> str:
     """Markdown of every method section (the workers' render functions import torch: only now)."""
     from _mtv import render_section as mtv_section
@@ -464,13 +486,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few repetitions and prompts (smoke test)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--only", choices=["all", "methods"], default="all", help="methods: SAV/MTV/RM only")
+    parser.add_argument(
+        "--only",
+        choices=["all", "methods", "imports"],
+        default="all",
+        help="methods: SAV/MTV/RM only; imports: only the import-time section, replaced in --out",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     extra = sys.argv[1:]
     command = "make bench" if not extra else f".venv/bin/python bench/run.py {shlex.join(extra)}"
     started, start = dt.datetime.now(dt.UTC), time.perf_counter()
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    if args.only == "imports":
+        with tempfile.TemporaryDirectory(prefix="headvec-bench-") as tmp:
+            section = render_imports(run_imports(args.quick, Path(tmp)))
+        old = args.out.read_text() if args.out.is_file() else ""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(replace_section(old, section))
+        print(section)
+        print(f"updated the import-time section of {args.out}")
+        return
 
     if args.only == "methods":
         if args.out == DEFAULT_OUT:  # never overwrite the full report with a partial one
@@ -495,6 +532,7 @@ def main() -> None:
             run_memory("in-memory", plan.prompts, plan, scratch),
         ]
         methods = run_methods(args.quick, scratch)
+        imports = run_imports(args.quick, scratch)
     load_end = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(
         speed,
@@ -508,6 +546,7 @@ def main() -> None:
         plan,
     )
     text += "\n" + render_methods(methods)
+    text += "\n" + render_imports(imports)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
