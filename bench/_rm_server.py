@@ -301,14 +301,14 @@ def main() -> None:
             for client in clients
             for mode in ("batch1", "dynamic")
         }
-    # Correctness: served scores equal direct rm.score on a sample; the RM's accuracy on these items.
+    # Correctness: served scores equal direct rm.rewards on a sample; the RM's accuracy on these items.
     sample = items[:32]
     images = None
     if fitted["multimodal"]:
         from PIL import Image
 
         images = [Image.open(io.BytesIO(base64.b64decode(item["image"]))).convert("RGB") for item in sample]
-    direct = rm.score([i["prompt"] for i in sample], [i["response"] for i in sample], images)
+    direct = rm.rewards([i["prompt"] for i in sample], [i["response"] for i in sample], images)
     served = runs[f"{clients[0]}/dynamic"]["scores"]
     diffs = [abs(a - b) for a, b in zip(direct, served, strict=False) if b is not None]
     scored = [(s, y) for s, y in zip(served, labels, strict=True) if s is not None]
@@ -380,7 +380,7 @@ def render_rm_server(result: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Throughput, dynamic batching / batch size 1 (same run): {ratios}. Errors: **{total_errors}** of "
-        f"{len(runs) * result['requests']:,} requests. Served scores match `rm.score` on the same items "
+        f"{len(runs) * result['requests']:,} requests. Served scores match `rm.rewards` on the same items "
         f"within {diff:.1e}; the RM's accuracy on these held-out items (reward > 0.5 = yes): "
         f"{result['accuracy_at_0_5']:.3f}.",
     ]

@@ -17,13 +17,14 @@ import torch
 from headvec import load
 from headvec.rewards.activation import TOY_FORMAT, ActivationRewardModel
 from headvec.rewards.baselines import InContextJudge, SampledVotingJudge
-from headvec.rewards.benchmark import judgements_from_pairs, pairs_from_toy
+from headvec.rewards.pairs import judgements_from_pairs
+from headvec.toyworld.adapters import pairs_from_toy
 
 
 def score_pairs(rm, pairs) -> None:
     prompts = [p.prompt for p in pairs for _ in (0, 1)]
     responses = [r for p in pairs for r in (p.chosen, p.rejected)]
-    rm.score(prompts, responses, [p.image for p in pairs for _ in (0, 1)])
+    rm.rewards(prompts, responses, [p.image() for p in pairs for _ in (0, 1)])
 
 
 def main() -> None:

@@ -17,28 +17,21 @@ import torch
 from PIL import Image
 
 from headvec.errors import DataError, HeadvecError
-from headvec.harness import (
-    RMOptions,
-    RunSettings,
-    best_of_n,
-    build_reward_model,
-    load_benchmark,
-    register_artifact_loader,
-    run_benchmark,
-    write_report,
-)
-from headvec.harness.baselines import FirstShownBaseline, LengthBaseline
-from headvec.harness.judge import (
+from headvec.harness import RunSettings, get_template, load_benchmark, run_benchmark, write_report
+from headvec.harness.metrics import benchmark_metrics, item_decision
+from headvec.harness.prompts import (
     MRB_JUDGE_PROMPT,
+    TEMPLATES,
     VLRB_JUDGE_PROMPT,
-    OpenAIJudge,
-    get_template,
     parse_mrb_verdict,
     parse_vlrb_verdict,
 )
-from headvec.harness.metrics import benchmark_metrics, item_decision, sample_outcome
-from headvec.harness.runner import RESULTS_NAME, ResultsFile, sample_plan
-from headvec.rewards.protocol import Preference
+from headvec.rewards.best_of_n import best_of_n
+from headvec.rewards.judges import OpenAIJudge
+from headvec.rewards.loading import RMOptions, build_reward_model, register_artifact_loader
+from headvec.rewards.protocol import BaseJudge, Preference
+from headvec.rewards.runner import RESULTS_NAME, ResultsFile, sample_outcome, sample_plan
+from headvec.rewards.simple import FirstShownBaseline, LengthBaseline
 
 torch.set_num_threads(1)
 
@@ -375,12 +368,12 @@ def test_partial_last_line_is_cut_and_rerun_duplicates_nothing(vlrb_jsonl, tmp_p
 
 SLOW_RM = """
 import time
-from headvec.harness.baselines import LengthBaseline
+from headvec.rewards.simple import LengthBaseline
 
 class Slow(LengthBaseline):
-    def score(self, prompts, responses, images=None):
+    def rewards(self, prompts, responses, images=None):
         time.sleep(0.1)
-        return super().score(prompts, responses, images)
+        return super().rewards(prompts, responses, images)
 
 def make(options):
     return Slow()
@@ -547,8 +540,8 @@ def chat_server(tiny_model_dir):
     import uvicorn
     from fastapi.responses import JSONResponse
 
-    from headvec.harness.server import create_app
     from headvec.models import load
+    from headvec.serving.chat import create_app
 
     app = create_app(load(tiny_model_dir("llava"), device="cpu"), "tiny", default_max_tokens=4)
     failures = {"left": 2, "seen": 0}
@@ -558,7 +551,7 @@ def chat_server(tiny_model_dir):
         failures["seen"] += 1
         if request.url.path.endswith("/chat/completions") and failures["left"] > 0:
             failures["left"] -= 1
-            return JSONResponse({"error": "busy"}, status_code=503)
+            return JSONResponse({"error": {"message": "busy", "code": 503}}, status_code=503)
         return await call_next(request)
 
     port = _free_port()
@@ -611,8 +604,10 @@ def test_dead_endpoint_retries_then_gives_a_clear_error(vlrb_jsonl, tmp_path):
 
 def test_rm_specs_and_pluggable_artifact_loaders(tmp_path):
     from headvec.methods.artifacts import save_artifact
+    from headvec.rewards.loading import ARTIFACT_LOADERS
 
     assert isinstance(build_reward_model("baseline:length"), LengthBaseline)
+    assert isinstance(build_reward_model("baseline:first"), FirstShownBaseline)
     for spec, message in [
         ("nonsense", "not PREFIX:VALUE"),
         ("magic:x", "unknown kind 'magic'"),
@@ -621,11 +616,18 @@ def test_rm_specs_and_pluggable_artifact_loaders(tmp_path):
     ]:
         with pytest.raises(HeadvecError, match=message):
             build_reward_model(spec)
+    with pytest.raises(HeadvecError, match="unknown judge template 'vlrewardbench'"):
+        build_reward_model("judge:toy")  # the published prompts are the harness's: pass TEMPLATES
+    with pytest.raises(HeadvecError, match="pointwise"):
+        build_reward_model("judge-score:toy", RMOptions(template="vlrewardbench"), TEMPLATES)
     save_artifact(tmp_path / "rm", "test-length-rm", {"note": "x"}, {"w": torch.zeros(1)})
-    with pytest.raises(HeadvecError, match="no loader is registered"):
+    with pytest.raises(HeadvecError, match="not a reward model this registry knows"):
         build_reward_model(f"artifact:{tmp_path / 'rm'}")
-    register_artifact_loader("test-length-rm", lambda path, config, options: LengthBaseline())
-    assert isinstance(build_reward_model(f"artifact:{tmp_path / 'rm'}"), LengthBaseline)
+    register_artifact_loader("test-length-rm", lambda path, model: LengthBaseline())
+    try:
+        assert isinstance(build_reward_model(f"artifact:{tmp_path / 'rm'}"), LengthBaseline)
+    finally:
+        del ARTIFACT_LOADERS["test-length-rm"]
 
 
 def test_best_of_n_with_scores_and_with_a_comparing_judge():
@@ -633,14 +635,12 @@ def test_best_of_n_with_scores_and_with_a_comparing_judge():
     picked = best_of_n(LengthBaseline(), "q", candidates)
     assert picked.index == 2 and picked.scores == [1.0, 3.0, 6.0, 3.0]
 
-    class PrefersLonger:
-        def score(self, prompts, responses, images=None):
-            raise HeadvecError("no scores")
-
-        def compare(self, prompt, a, b, image=None):
-            return Preference(choice="a" if len(a) >= len(b) else "b")
+    class PrefersLonger(BaseJudge):
+        def compare_batch(self, comparisons):
+            return [Preference(choice="a" if len(c.a) >= len(c.b) else "b") for c in comparisons]
 
     knockout = best_of_n(PrefersLonger(), "q", candidates, seed=1)
     assert knockout.index == 2 and len(knockout.matches) == 3
     first = best_of_n(FirstShownBaseline(), "q", candidates, seed=1)
-    assert first.index == best_of_n(FirstShownBaseline(), "q", candidates, seed=1).index  # seeded
+    assert first.matches == best_of_n(FirstShownBaseline(), "q", candidates, seed=1).matches  # seeded
+    assert all(match["winner"] == match["first"] for match in first.matches)  # the shown-first one wins

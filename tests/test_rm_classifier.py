@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
 
 from headvec.errors import HeadvecError
-from headvec.rewards import RewardModel
+from headvec.rewards import Scorer, as_judge
 from headvec.rewards.classifier import SequenceClassifierRewardModel
 from headvec.rewards.loading import load_reward_model
 
@@ -42,16 +42,16 @@ def _classifier_dir(
 
 def test_scores_single_logit_batched_and_padded(tiny_model_dir, tmp_path):
     rm = SequenceClassifierRewardModel(_classifier_dir(tiny_model_dir, tmp_path / "rm"), batch_size=2)
-    assert isinstance(rm, RewardModel)
+    assert isinstance(rm, Scorer)
     prompts = ["What is the capital of France?", "How many legs does a spider have?", "Hi"]
     responses = ["Paris.", "A spider has eight legs, as every child learns at school.", "Hello there!"]
-    batched = rm.score(prompts, responses)
-    one_by_one = [rm.score([p], [r])[0] for p, r in zip(prompts, responses, strict=True)]
+    batched = rm.rewards(prompts, responses)
+    one_by_one = [rm.rewards([p], [r])[0] for p, r in zip(prompts, responses, strict=True)]
     assert len(batched) == 3
     assert batched == pytest.approx(one_by_one, abs=1e-4)  # padding does not change a score
     assert rm.render("q", "a") != "q\n\na"  # the chat template was used
-    pref = rm.compare(prompts[1], responses[1], "Six.")
-    assert pref.choice in {"a", "b", "tie"} and pref.scores is not None
+    pref = as_judge(rm).compare(prompts[1], responses[1], "Six.")
+    assert pref.scores == pytest.approx((batched[1], rm.rewards([prompts[1]], ["Six."])[0]))
 
 
 def test_no_chat_template_and_no_pad_token(tiny_model_dir, tmp_path):
@@ -60,7 +60,7 @@ def test_no_chat_template_and_no_pad_token(tiny_model_dir, tmp_path):
     )
     assert rm.render("q", "a") == "q\n\na"
     assert rm.tokenizer.pad_token is not None and rm.model.config.pad_token_id is not None
-    scores = rm.score(["short", "a much longer prompt with many words"], ["x", "y"])
+    scores = rm.rewards(["short", "a much longer prompt with many words"], ["x", "y"])
     assert all(isinstance(s, float) for s in scores)
 
 
@@ -71,7 +71,7 @@ def test_positive_label_by_name_and_index(tiny_model_dir, tmp_path):
     by_name = SequenceClassifierRewardModel(directory, positive_label="good")
     by_index = SequenceClassifierRewardModel(directory, positive_label=2)
     assert by_name.label_index == by_index.label_index == 2
-    assert by_name.score(["q"], ["a"]) == pytest.approx(by_index.score(["q"], ["a"]))
+    assert by_name.rewards(["q"], ["a"]) == pytest.approx(by_index.rewards(["q"], ["a"]))
     with pytest.raises(HeadvecError, match="not a label"):
         SequenceClassifierRewardModel(directory, positive_label="great")
 
@@ -81,8 +81,8 @@ def test_refuses_images_and_loads_through_load_reward_model(tiny_model_dir, tmp_
     rm = load_reward_model(directory)
     assert isinstance(rm, SequenceClassifierRewardModel)
     with pytest.raises(HeadvecError, match="text-only"):
-        rm.score(["q"], ["a"], ["picture.png"])
+        rm.rewards(["q"], ["a"], ["picture.png"])
     with pytest.raises(HeadvecError, match="responses"):
-        rm.score(["q", "q2"], ["a"])
+        rm.rewards(["q", "q2"], ["a"])
     with pytest.raises(HeadvecError, match="sequence-classification"):
         SequenceClassifierRewardModel(tmp_path / "missing")

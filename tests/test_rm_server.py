@@ -21,11 +21,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from headvec.models import ImageLike
-from headvec.rewards.protocol import ScoreBasedComparison
-from headvec.rewards.server import DEFAULT_HOST, create_app, serve
+from headvec.serving import DEFAULT_HOST
+from headvec.serving.rm import create_app, serve
 
 
-class FakeRewardModel(ScoreBasedComparison):
+class FakeRewardModel:
     """Score = len(response) (+100 with an image); records every call; 'boom' makes the call fail."""
 
     def __init__(self, delay: float = 0.0, accepts_images: bool = True) -> None:
@@ -36,7 +36,7 @@ class FakeRewardModel(ScoreBasedComparison):
         self.max_active = 0
         self.lock = threading.Lock()
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
@@ -89,7 +89,7 @@ def test_health_and_happy_path(client, fake):
     items = [{"prompt": "q", "response": "abc"}, {"prompt": "q", "response": "abcdef"}]
     response = client.post("/score", json={"items": items})
     assert response.status_code == 200
-    assert response.json() == {"scores": fake.score(["q", "q"], ["abc", "abcdef"])}
+    assert response.json() == {"scores": [3.0, 6.0]}
     assert client.post("/score", json={"items": []}).json() == {"scores": []}
     assert client.post("/score", json={"items": [{"prompt": "q", "response": "nan"}]}).json() == {
         "scores": [None]
@@ -127,7 +127,9 @@ def test_images_as_base64_and_data_url(client, fake):
 def test_malformed_requests_get_a_4xx_message_and_the_server_stays_up(client, body, status, message):
     response = client.post("/score", json=body)
     assert response.status_code == status, response.text
-    assert message in response.json()["error"]
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert error["code"] == status and set(error) == {"message", "type", "param", "code"}
     assert client.post("/score", json={"items": [{"prompt": "q", "response": "ok"}]}).json() == {
         "scores": [2.0]
     }
@@ -135,10 +137,12 @@ def test_malformed_requests_get_a_4xx_message_and_the_server_stays_up(client, bo
 
 def test_invalid_json_and_oversized_body(client):
     response = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and "malformed request" in response.json()["error"]
+    assert response.status_code == 422
+    assert "malformed request" in response.json()["error"]["message"]
     big = {"items": [{"prompt": "q", "response": "a" * 5000}]}
     response = client.post("/score", json=big)
-    assert response.status_code == 413 and "limit is 4000" in response.json()["error"]
+    assert response.status_code == 413
+    assert "limit is 4000" in response.json()["error"]["message"]
     assert client.get("/health").status_code == 200
 
 
@@ -148,14 +152,21 @@ def test_text_only_model_refuses_images():
         response = test_client.post(
             "/score", json={"items": [{"prompt": "q", "response": "a", "image": _png()}]}
         )
-    assert response.status_code == 400 and "text-only" in response.json()["error"]
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "items.0.image: this reward model is text-only; drop the image",
+        "type": "BadRequestError",
+        "param": "items.0.image",
+        "code": 400,
+    }
 
 
 def test_model_error_fails_only_its_batch(fake):
     app = create_app(fake, max_batch_size=1, max_wait_ms=0)
     with TestClient(app) as test_client:
         failed = test_client.post("/score", json={"items": [{"prompt": "q", "response": "boom"}]})
-        assert failed.status_code == 500 and "kaboom" in failed.json()["error"]
+        assert failed.status_code == 500
+        assert "kaboom" in failed.json()["error"]["message"]
         assert (
             test_client.post("/score", json={"items": [{"prompt": "q", "response": "ok"}]}).status_code == 200
         )
@@ -200,15 +211,25 @@ def test_default_host_is_loopback(tmp_path, monkeypatch):
     assert DEFAULT_HOST == "127.0.0.1"
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     from headvec.cli import app
-    from headvec.cli import serve as serve_cli
-    from headvec.rewards import server
+    from headvec.rewards import loading
+    from headvec.serving import core
 
     seen: dict = {}
-    monkeypatch.setattr(serve_cli, "load_for_serving", lambda *args: FakeRewardModel())
-    monkeypatch.setattr(server, "serve", lambda rm, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(loading, "load_reward_model", lambda *args, **kwargs: FakeRewardModel())
+    monkeypatch.setattr(
+        core, "run_server", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port)
+    )
     result = CliRunner().invoke(app, ["serve", "rm", str(tmp_path), "--max-batch-size", "4"])
     assert result.exit_code == 0, result.output
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["max_batch_size"] == 4
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
+    assert seen["app"].state.batcher.max_batch_size == 4
+    monkeypatch.setattr(core, "run_server", lambda app, host, port, log_level: seen.update(chat_host=host))
+    monkeypatch.setattr("headvec.models.load", lambda *args, **kwargs: None)
+    monkeypatch.setattr("headvec.serving.chat.create_app", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(app, ["serve", "chat", "toy"])
+    assert result.exit_code == 0, result.output
+    assert seen["chat_host"] == "127.0.0.1"
+    assert "serve" not in CliRunner().invoke(app, ["bench", "--help"]).output.split("Commands")[-1]
 
 
 def test_cli_refuses_a_directory_without_a_model(tmp_path):
@@ -242,10 +263,10 @@ def activation_rm(tiny_model_dir):
 
 def test_end_to_end_activation_rm_over_real_uvicorn(activation_rm, tmp_path):
     """A saved activation RM, loaded like the CLI does, served on a loopback port; scores match."""
-    from headvec.cli.serve import load_for_serving
+    from headvec.rewards.loading import load_reward_model
 
     activation_rm.save_pretrained(tmp_path / "rm")
-    rm = load_for_serving(Path(tmp_path / "rm"), None, "float32", "cpu", False)
+    rm = load_reward_model(Path(tmp_path / "rm"), None, device="cpu", dtype="float32")
     port = _free_port()
     config = uvicorn.Config(create_app(rm), host=DEFAULT_HOST, port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -258,14 +279,15 @@ def test_end_to_end_activation_rm_over_real_uvicorn(activation_rm, tmp_path):
             time.sleep(0.05)
         health = httpx.get(f"{base}/health").json()
         assert health["model"]["class"] == "ActivationRewardModel"
-        assert health["model"]["name_or_path"] == activation_rm.loaded.name_or_path
+        assert health["model"]["name_or_path"] == activation_rm.loaded_.name_or_path
         prompts, responses = ["What colour is the sky?", "What colour is the sky?"], ["Blue", "Green"]
         items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
         scores = httpx.post(f"{base}/score", json={"items": items}).json()["scores"]
-        assert scores == pytest.approx(activation_rm.score(prompts, responses), abs=1e-5)
+        assert scores == pytest.approx(activation_rm.rewards(prompts, responses), abs=1e-5)
         assert all(0.0 <= s <= 1.0 for s in scores)
         bad = httpx.post(f"{base}/score", json={"items": [{"prompt": "q"}]})
-        assert bad.status_code == 422 and "response" in bad.json()["error"]
+        assert bad.status_code == 422
+        assert bad.json()["error"]["param"] == "items.0.response"
         assert httpx.get(f"{base}/health").status_code == 200
     finally:
         server.should_exit = True

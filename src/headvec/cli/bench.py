@@ -1,5 +1,5 @@
 """Reward-model benchmarks: run any reward model or judge on VL-RewardBench, Multimodal RewardBench or
-RewardBench (resumable, seeded, local or on Ray), report, and serve a model as an OpenAI-style endpoint."""
+RewardBench (resumable, seeded, local or on Ray) and report (serve a judge model: `headvec serve chat`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def run(
         str,
         typer.Option(
             "--rm",
-            help="judge:MODEL, openai:URL:MODEL, artifact:DIR or python:module:factory.",
+            help="judge:MODEL, judge-score:MODEL, openai:URL:MODEL, artifact:DIR, baseline:NAME or "
+            "python:module:factory.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (rerun the same command to resume).")],
@@ -58,11 +59,8 @@ def run(
 ) -> None:
     """Evaluate a reward model on a benchmark into OUT (results.jsonl, metrics.json, report.md/html)."""
 
-    from headvec.harness.judge import DEFAULT_TEMPLATE
-    from headvec.harness.registry import RMOptions
-    from headvec.harness.report import write_report
-    from headvec.harness.runner import RunSettings, run_benchmark
-    from headvec.harness.schema import load_benchmark
+    from headvec.harness import DEFAULT_TEMPLATE, RunSettings, load_benchmark, run_benchmark, write_report
+    from headvec.rewards.loading import RMOptions
 
     set_threads(threads)
     items = load_benchmark(benchmark, data, split)
@@ -123,19 +121,3 @@ def report(out: Annotated[Path, typer.Argument(help="A run folder written by 'he
         f"overall {100 * metrics['overall_accuracy']:.1f}%, macro {100 * metrics['macro_accuracy']:.1f}% "
         f"over {metrics['n']} items -> {out}/report.md, {out}/report.html"
     )
-
-
-@app.command("serve")
-@user_errors
-def serve(
-    model: Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (toy).")],
-    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
-    port: int = 8000,
-    name: Annotated[str | None, typer.Option(help="Model name clients ask for (default: MODEL).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
-) -> None:
-    """Serve a model as an OpenAI-compatible chat-completions endpoint (for openai:URL:MODEL judges)."""
-    from headvec.harness.server import serve as serve_model
-
-    console.print(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
-    serve_model(model, host=host, port=port, name=name, device=device)

@@ -30,38 +30,6 @@ def _format(name: str, criterion: str):
     raise HeadvecError(f"unknown --format {name!r}; use 'generic' or 'toy'")
 
 
-def read_judgements(path: Path):
-    """Rows ``{prompt, response, verdict}`` (yes/no, true/false) or pairs ``{prompt, chosen, rejected}``."""
-    from headvec.data import iter_jsonl
-    from headvec.errors import DataError
-    from headvec.rewards.activation import Judgement
-    from headvec.rewards.benchmark import judgements_from_pairs, read_preference_pairs
-
-    first = next(iter_jsonl(path))[1]
-    if "chosen" in first:
-        return judgements_from_pairs(read_preference_pairs(path))
-    judgements = []
-    for number, row in iter_jsonl(path):
-        missing = [k for k in ("prompt", "response", "verdict") if k not in row]
-        if missing:
-            raise DataError(
-                f"{path} line {number}: missing field(s) {missing}; rows need prompt, response, verdict"
-            )
-        verdict = str(row["verdict"]).strip().lower()
-        if verdict not in ("yes", "no", "true", "false", "1", "0"):
-            raise DataError(
-                f"{path} line {number}: verdict must be yes/no or true/false, got {row['verdict']!r}"
-            )
-        image = row.get("image")
-        if image is not None:
-            file = Path(image) if Path(image).is_absolute() else path.parent / image
-            if not file.is_file():
-                raise DataError(f"{path} line {number}: image file not found: {file}")
-            image = str(file)
-        judgements.append(Judgement(row["prompt"], row["response"], verdict in ("yes", "true", "1"), image))
-    return judgements
-
-
 @app.command("fit")
 @user_errors
 def fit(
@@ -82,6 +50,7 @@ def fit(
     """Fit an activation reward model on labelled verdicts and save it (safetensors + JSON)."""
     from headvec.models import load
     from headvec.rewards.activation import ActivationRewardModel
+    from headvec.rewards.pairs import read_judgements
 
     judgements = read_judgements(data)
     loaded = load(model, device=device, trust_remote_code=trust_remote_code)
@@ -109,8 +78,9 @@ def score(
     ],
 ) -> None:
     """Pairwise accuracy of a saved reward model on preference pairs, per split, with 95% CIs."""
-    from headvec.rewards.benchmark import evaluate_pairs, read_preference_pairs
     from headvec.rewards.loading import load_reward_model
+    from headvec.rewards.pairs import read_preference_pairs
+    from headvec.rewards.runner import evaluate_pairs
 
     results = evaluate_pairs(load_reward_model(reward_model), read_preference_pairs(pairs), out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -149,7 +119,8 @@ def evaluate(
     from headvec.errors import HeadvecError
     from headvec.evaluation.rewards import METHODS, compare_reward_models, results_markdown, save_plot
     from headvec.models import load
-    from headvec.rewards.benchmark import pairs_from_toy, read_preference_pairs
+    from headvec.rewards.pairs import read_preference_pairs
+    from headvec.toyworld.adapters import pairs_from_toy
 
     chosen = list(METHODS) if methods == "all" else [m.strip() for m in methods.split(",")]
     unknown = [m for m in chosen if m not in METHODS]
@@ -157,14 +128,14 @@ def evaluate(
         raise HeadvecError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     train = read_preference_pairs(fit_pairs) if fit_pairs else pairs_from_toy(None, seed, 20 * n_fit, "train")
     test = read_preference_pairs(test_pairs) if test_pairs else pairs_from_toy(None, seed + 1, n_test, "test")
-    splits = sorted({p.split for p in test})
+    splits = sorted({p.category for p in test})
     criteria = [s for s in splits if s != "flipped"]
-    fit = {c: [p for p in train if p.split == c][:n_fit] for c in criteria}
+    fit = {c: [p for p in train if p.category == c][:n_fit] for c in criteria}
     if debias and "reward_hacking" in fit:  # bias on the wrong answer in half the pairs, on the right in half
-        hacked = [p for p in train if p.split == "reward_hacking"][: n_fit // 2]
-        flipped = [p for p in train if p.split == "flipped"][: n_fit - len(hacked)]
+        hacked = [p for p in train if p.category == "reward_hacking"][: n_fit // 2]
+        flipped = [p for p in train if p.category == "flipped"][: n_fit - len(hacked)]
         fit["reward_hacking"] = [x for pair in zip(hacked, flipped, strict=False) for x in pair]
-    tests = {s: [p for p in test if p.split == s] for s in splits}
+    tests = {s: [p for p in test if p.category == s] for s in splits}
     controls = {"reward_hacking": "flipped"} if {"reward_hacking", "flipped"} <= set(splits) else {}
     loaded = load(model, device=device)
     results = compare_reward_models(

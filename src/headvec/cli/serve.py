@@ -1,15 +1,16 @@
-"""``headvec serve``: serve a saved reward model over HTTP (dynamic batching, loopback by default)."""
+"""``headvec serve``: serve a reward model or a chat model over HTTP (loopback by default)."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from headvec.cli.common import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     RemoteOpt,
@@ -19,10 +20,18 @@ from headvec.cli.common import (
     set_threads,
     user_errors,
 )
-from headvec.rewards.protocol import RewardModel
-from headvec.rewards.server import DEFAULT_HOST
+from headvec.serving import DEFAULT_HOST
 
-app = typer.Typer(help="Serve saved models over HTTP.", no_args_is_help=True)
+app = typer.Typer(
+    help="Serve models over HTTP: a reward model (rm) or an OpenAI-compatible chat model (chat).",
+    no_args_is_help=True,
+)
+
+HostOpt = Annotated[
+    str, typer.Option(help="Interface to bind; the server has no authentication, keep it on loopback.")
+]
+PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
+LogLevelOpt = Annotated[str, typer.Option(help="uvicorn log level.")]
 
 
 def _is_loopback(host: str) -> bool:
@@ -34,28 +43,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_for_serving(
-    artifact_dir: Path, model: str | None, dtype: str, device: str, trust_remote_code: bool
-) -> RewardModel:
-    """The reward model in ARTIFACT_DIR, on ``device``; ``model`` overrides the one it was fitted on."""
-    from headvec.methods.artifacts import CONFIG_NAME
-    from headvec.rewards.loading import load_reward_model
-
-    is_artifact = (artifact_dir / CONFIG_NAME).is_file()
-    if not is_artifact and (artifact_dir / "config.json").is_file():
-        from headvec.rewards.classifier import SequenceClassifierRewardModel
-
-        return SequenceClassifierRewardModel(
-            model or artifact_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+def _warn_if_exposed(host: str) -> None:
+    if not _is_loopback(host):
+        error_console.print(
+            f"[bold yellow]warning:[/] binding to {host}: the server has no authentication, anyone who can "
+            "reach this address can use the model",
+            highlight=False,
         )
-    if not is_artifact or (model is None and device == "cpu" and dtype == "float32"):
-        return load_reward_model(artifact_dir, model)  # also explains what is wrong with a bad directory
-    from headvec.models import load
-
-    fitted_on = json.loads((artifact_dir / CONFIG_NAME).read_text()).get("fitted_on", {})
-    name = model or fitted_on.get("name_or_path")
-    loaded = load(name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    return load_reward_model(artifact_dir, loaded)
 
 
 @app.command("rm")
@@ -64,10 +58,8 @@ def serve_rm(
     artifact_dir: Annotated[
         Path, typer.Argument(help="A saved activation reward model, or a HF sequence-classification model.")
     ],
-    host: Annotated[
-        str, typer.Option(help="Interface to bind; the server has no authentication, keep it on loopback.")
-    ] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = 8000,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most items scored in one model call.")] = 32,
     max_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long a batch waits for more concurrent requests.")
@@ -77,31 +69,60 @@ def serve_rm(
     model: Annotated[
         str | None, typer.Option(help="Run on this model instead of the one the artifact was fitted on.")
     ] = None,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
     threads: ThreadsOpt = 0,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve ARTIFACT_DIR: POST /score {"items": [{"prompt", "response", "image"?}]}, GET /health."""
-    set_threads(threads)
-    from headvec.rewards.server import serve
+    from headvec.rewards.loading import load_reward_model
+    from headvec.serving.core import run_server
+    from headvec.serving.rm import create_app
 
-    reward_model = load_for_serving(artifact_dir, model, dtype, device, trust_remote_code)
-    if not _is_loopback(host):
-        error_console.print(
-            f"[bold yellow]warning:[/] binding to {host}: the server has no authentication, anyone who can "
-            "reach this address can use the model",
-            highlight=False,
-        )
-    console.print(f"serving {type(reward_model).__name__} from {artifact_dir} on http://{host}:{port}")
-    serve(
+    set_threads(threads)
+    reward_model = load_reward_model(
+        artifact_dir, model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    app = create_app(
         reward_model,
-        host=host,
-        port=port,
-        log_level=log_level,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         max_items_per_request=max_items_per_request,
         max_text_chars=max_text_chars,
     )
+    _warn_if_exposed(host)
+    console.print(f"serving {type(reward_model).__name__} from {artifact_dir} on http://{host}:{port}")
+    run_server(app, host, port, log_level)
+
+
+@app.command("chat")
+@user_errors
+def serve_chat(
+    model: Annotated[str, typer.Argument(help="Hub id, local model directory, or alias (toy).")],
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = 8000,
+    name: Annotated[str | None, typer.Option(help="Model name clients ask for (default: MODEL).")] = None,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="Greedy requests generated together (1 = one at a time).")
+    ] = 1,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Default max_tokens when a request sets none.")
+    ] = 256,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    trust_remote_code: RemoteOpt = False,
+    threads: ThreadsOpt = 0,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Serve MODEL as an OpenAI-compatible chat endpoint (POST /v1/chat/completions, GET /v1/models)."""
+    from headvec.models import load
+    from headvec.serving.chat import create_app
+    from headvec.serving.core import run_server
+
+    set_threads(threads)
+    loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    app = create_app(loaded, name or model, max_tokens, max_batch_size=max_batch_size)
+    _warn_if_exposed(host)
+    console.print(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
+    run_server(app, host, port, log_level)

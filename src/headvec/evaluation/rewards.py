@@ -18,13 +18,15 @@ from typing import Any
 from headvec.models import LoadedModel
 from headvec.rewards.activation import ActivationRewardModel, VerdictFormat
 from headvec.rewards.baselines import (
+    GeneratedVerdictJudge,
     InContextJudge,
     SampledVotingJudge,
     SavVerdictJudge,
     TokenProbabilityJudge,
     ZeroShotJudge,
 )
-from headvec.rewards.benchmark import PreferencePair, evaluate_pairs, judgements_from_pairs
+from headvec.rewards.pairs import PreferencePair, judgements_from_pairs
+from headvec.rewards.runner import evaluate_pairs
 
 METHODS = ("activation_rm", "zero_shot", "icl_judge", "token_probability", "sav_voting", "sampled_voting")
 LABELS = {
@@ -80,7 +82,7 @@ def compare_reward_models(
                 where = None if out_dir is None else Path(out_dir) / criterion / name / split
                 summary = evaluate_pairs(model, test_pairs[split], where, seed=seed, progress=progress)
                 scored[split] = summary["overall"]
-            if hasattr(model, "unparsed_"):
+            if isinstance(model, GeneratedVerdictJudge):
                 scored["unparsed_verdicts"] = model.unparsed_
             if name == "activation_rm":
                 scored["heads"] = model.heads_

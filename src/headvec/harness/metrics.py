@@ -1,6 +1,7 @@
 """Benchmark scores from per-item results: the official formulas, plus what they leave out.
 
-Per-sample outcome (original frame): ``agree`` (picked the human-preferred response), ``reject``,
+Per-sample outcome (:func:`headvec.rewards.runner.sample_outcome`, original frame): ``agree`` (picked
+the human-preferred response), ``reject``,
 ``tie`` or ``unparsed``. Items are decided by majority over their first k samples as in VL-RewardBench's
 ``cal.py``: agree / reject / unparsed when more than half say so, else ``other``.
 
@@ -25,18 +26,6 @@ from headvec.stats import bootstrap_ci
 
 K_VALUES = (1, 3, 5, 7, 9)
 N_RESAMPLES = 2000
-
-
-def sample_outcome(better: int, swap: bool, choice: str | None) -> str:
-    """What one judgement means for an item: the preferred response sits at display slot ``better``
-    (or ``1 - better`` when the runner swapped the order); choice ``a`` picks slot 0."""
-    if choice is None:
-        return "unparsed"
-    if choice == "tie":
-        return "tie"
-    preferred_slot = 1 - better if swap else better
-    picked_slot = 0 if choice == "a" else 1
-    return "agree" if picked_slot == preferred_slot else "reject"
 
 
 def item_decision(outcomes: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from headvec.errors import HeadvecError
 from headvec.harness.metrics import benchmark_metrics
-from headvec.harness.runner import MANIFEST_NAME, RESULTS_NAME, ResultsFile
+from headvec.rewards.runner import MANIFEST_NAME, RESULTS_NAME, ResultsFile
 
 
 def load_run(out: str | Path) -> tuple[dict[str, Any], list[dict]]:

@@ -1,6 +1,7 @@
-"""One pairwise item for every benchmark, and loaders for VL-RewardBench, Multimodal RewardBench, RewardBench.
+"""Loaders for VL-RewardBench, Multimodal RewardBench and RewardBench into the one pair type.
 
-Each loader turns its benchmark's own rows into :class:`PairItem` and stops at the first row that does not
+Each loader turns its benchmark's own rows into :class:`~headvec.rewards.pairs.PreferencePair` (stored
+order kept, ``better`` indexing the preferred response) and stops at the first row that does not
 fit, naming the file, the row and the field. Sources: a Hugging Face dataset id (needs the network), a
 parquet file, a JSONL file, or a JSON list (Multimodal RewardBench's ``all_data.json``); image paths are
 resolved against the data file's folder and must exist.
@@ -8,17 +9,15 @@ resolved against the data file's folder and must exist.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from headvec.errors import DataError
+from headvec.rewards.pairs import PreferencePair, item_uid
 
 BENCHMARKS = ("vlrewardbench", "multimodal-rewardbench", "rewardbench")
 HF_IDS = {"vlrewardbench": "MMInstruction/VL-RewardBench", "rewardbench": "allenai/reward-bench"}
@@ -88,65 +87,6 @@ REWARDBENCH_EXAMPLE_COUNTS = {
     "hep-rust": 164,
 }
 REWARDBENCH_SECTION_BY_SUBSET = {s: sec for sec, subs in REWARDBENCH_SECTIONS.items() for s in subs}
-
-
-class PairItem(BaseModel):
-    """A prompt (and maybe an image) with two responses, one of which humans preferred.
-
-    ``responses`` keep the benchmark's stored order and ``better`` indexes the preferred one, so the
-    harness, not the data, decides the order a judge sees. ``uid`` is what results are keyed on: like
-    VL-RewardBench's scorer it hashes id + query + both responses, because ids alone repeat.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    benchmark: str
-    uid: str
-    id: str
-    prompt: str
-    responses: tuple[str, str]
-    better: int
-    category: str
-    subset: str = ""
-    image_path: str | None = None
-    image_bytes: bytes | None = None
-
-    @field_validator("better")
-    @classmethod
-    def _zero_or_one(cls, value: int) -> int:
-        if value not in (0, 1):
-            raise ValueError("must be 0 or 1")
-        return value
-
-    @property
-    def chosen(self) -> str:
-        return self.responses[self.better]
-
-    @property
-    def rejected(self) -> str:
-        return self.responses[1 - self.better]
-
-    @property
-    def has_image(self) -> bool:
-        return self.image_path is not None or self.image_bytes is not None
-
-    def image(self) -> Image.Image | None:
-        """The item's image as RGB, or None for text-only items."""
-        if self.image_bytes is not None:
-            with Image.open(io.BytesIO(self.image_bytes)) as opened:
-                return opened.convert("RGB")
-        if self.image_path is not None:
-            if not Path(self.image_path).is_file():
-                raise DataError(f"image file not found: {self.image_path}; fix the path or restore the file")
-            with Image.open(self.image_path) as opened:
-                return opened.convert("RGB")
-        return None
-
-
-def item_uid(item_id: str, prompt: str, responses: Iterable[str]) -> str:
-    """VL-RewardBench's item key (id + query + sorted responses), hashed to a short stable string."""
-    key = item_id + prompt + "\t".join(sorted(responses))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
 def vlrb_source(item_id: str) -> str:
@@ -338,7 +278,9 @@ def _image(value: Any, base: Path | None, where: str) -> tuple[str | None, bytes
 # Loaders
 
 
-def load_vlrewardbench(source: str | Path = HF_IDS["vlrewardbench"], split: str = "test") -> list[PairItem]:
+def load_vlrewardbench(
+    source: str | Path = HF_IDS["vlrewardbench"], split: str = "test"
+) -> list[PreferencePair]:
     """VL-RewardBench rows (parquet, JSONL + image folder, or the hub) as pair items.
 
     Categories follow the official scorer's id-prefix mapping (POVID ``hallucination_pair-*`` ->
@@ -352,7 +294,7 @@ def load_vlrewardbench(source: str | Path = HF_IDS["vlrewardbench"], split: str 
         image_path, image_bytes = _image(row.image, base, where)
         source_name = vlrb_source(row.id)
         items.append(
-            PairItem(
+            PreferencePair(
                 benchmark="vlrewardbench",
                 uid=item_uid(row.id, row.query, row.response),
                 id=row.id,
@@ -377,7 +319,7 @@ def mrb_category(category: str, item_id: str) -> str:
     return category
 
 
-def load_multimodal_rewardbench(source: str | Path, split: str = "test") -> list[PairItem]:
+def load_multimodal_rewardbench(source: str | Path, split: str = "test") -> list[PreferencePair]:
     """Multimodal RewardBench's ``all_data.json`` (or JSONL in its fields); images relative to the file."""
     label, base, rows = _raw_rows(source, "multimodal-rewardbench", split)
     items = []
@@ -389,7 +331,7 @@ def load_multimodal_rewardbench(source: str | Path, split: str = "test") -> list
         image_path, image_bytes = _image(row.Image, base, where)
         responses = (row.Output1, row.Output2)
         items.append(
-            PairItem(
+            PreferencePair(
                 benchmark="multimodal-rewardbench",
                 uid=item_uid(row.ID, row.Text, responses),
                 id=row.ID,
@@ -405,7 +347,9 @@ def load_multimodal_rewardbench(source: str | Path, split: str = "test") -> list
     return _deduplicated(items, label)
 
 
-def load_rewardbench(source: str | Path = HF_IDS["rewardbench"], split: str = "filtered") -> list[PairItem]:
+def load_rewardbench(
+    source: str | Path = HF_IDS["rewardbench"], split: str = "filtered"
+) -> list[PreferencePair]:
     """RewardBench (text only): ``prompt, chosen, rejected, subset, id``; chosen is stored first."""
     label, _, rows = _raw_rows(source, "rewardbench", split)
     items = []
@@ -419,7 +363,7 @@ def load_rewardbench(source: str | Path = HF_IDS["rewardbench"], split: str = "f
             )
         responses = (row.chosen, row.rejected)
         items.append(
-            PairItem(
+            PreferencePair(
                 benchmark="rewardbench",
                 uid=item_uid(str(row.id), row.prompt, responses),
                 id=str(row.id),
@@ -433,7 +377,7 @@ def load_rewardbench(source: str | Path = HF_IDS["rewardbench"], split: str = "f
     return _deduplicated(items, label)
 
 
-def _deduplicated(items: list[PairItem], label: str) -> list[PairItem]:
+def _deduplicated(items: list[PreferencePair], label: str) -> list[PreferencePair]:
     """Drop exact repeats (same uid), as the official scorer's dict does; an empty file is an error."""
     if not items:
         raise DataError(f"{label} holds no rows")
@@ -446,7 +390,7 @@ def _deduplicated(items: list[PairItem], label: str) -> list[PairItem]:
     return unique
 
 
-LOADERS: dict[str, Callable[..., list[PairItem]]] = {
+LOADERS: dict[str, Callable[..., list[PreferencePair]]] = {
     "vlrewardbench": load_vlrewardbench,
     "multimodal-rewardbench": load_multimodal_rewardbench,
     "rewardbench": load_rewardbench,
@@ -455,7 +399,7 @@ LOADERS: dict[str, Callable[..., list[PairItem]]] = {
 
 def load_benchmark(
     benchmark: str, source: str | Path | None = None, split: str | None = None
-) -> list[PairItem]:
+) -> list[PreferencePair]:
     """Load a benchmark by name from ``source`` (default: its hub id, which needs the network)."""
     if benchmark not in LOADERS:
         raise DataError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")

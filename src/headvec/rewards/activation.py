@@ -16,54 +16,40 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from headvec.engine import HeadEngine, HeadPatch, iter_batches
 from headvec.errors import DataError, HeadvecError
-from headvec.methods.artifacts import check_same_model, load_artifact, save_artifact
+from headvec.methods.artifacts import check_same_model, fitted_model_name, load_artifact, save_artifact
+from headvec.methods.base import MODEL_CONSTRAINT, ModelEstimator
 from headvec.methods.mtv import IclEpisode, MultimodalTaskVector, first_answer_token
 from headvec.models import Example, ImageLike, LoadedModel, Prompt, load, load_image
-from headvec.rewards.protocol import ScoreBasedComparison
+from headvec.rewards.verdicts import (
+    GENERIC_TEMPLATE,
+    TOY_FORMAT,
+    TOY_TEMPLATE,
+    Judgement,
+    VerdictFormat,
+)
+
+__all__ = [
+    "ARTIFACT_KIND",
+    "GENERIC_TEMPLATE",
+    "TOY_FORMAT",
+    "TOY_TEMPLATE",
+    "ActivationRewardModel",
+    "Judgement",
+    "VerdictFormat",
+    "VerdictScorer",
+    "trl_reward_func",
+]
 
 ARTIFACT_KIND = "activation_reward_model"
-GENERIC_TEMPLATE = (
-    "{prompt}\n\nResponse: {response}\n\nDoes this response meet the criterion: {criterion}? "
-    "Answer yes or no."
-)
-TOY_TEMPLATE = "question : {prompt} answer : {response} . is the answer correct ?"
-
-
-@dataclass
-class Judgement:
-    """A labelled example of the criterion: does ``response`` to ``prompt`` (and image) meet it?"""
-
-    prompt: str
-    response: str
-    verdict: bool
-    image: ImageLike | None = None
-
-
-@dataclass(frozen=True)
-class VerdictFormat:
-    """How a (prompt, response) pair is put to the model as a yes/no question, and the two answer words."""
-
-    template: str = GENERIC_TEMPLATE
-    criterion: str = "the answer is correct"
-    yes: str = "Yes"
-    no: str = "No"
-
-    def text(self, prompt: str, response: str) -> str:
-        return self.template.format(prompt=prompt, response=response.strip(), criterion=self.criterion)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"template": self.template, "criterion": self.criterion, "yes": self.yes, "no": self.no}
-
-
-TOY_FORMAT = VerdictFormat(TOY_TEMPLATE, "the answer is correct", "yes", "no")
 
 
 def verdict_prompt(loaded: LoadedModel, fmt: VerdictFormat, prompt: str, response: str, image=None) -> Prompt:
@@ -72,10 +58,18 @@ def verdict_prompt(loaded: LoadedModel, fmt: VerdictFormat, prompt: str, respons
 
 
 class VerdictScorer:
-    """Reads ``P(yes) / (P(yes) + P(no))`` at the last prompt position, optionally under a head patch."""
+    """Reads the verdict at the last prompt position, optionally under a head patch.
 
-    def __init__(self, loaded: LoadedModel, fmt: VerdictFormat, batch_size: int = 16) -> None:
+    ``output="probability"`` gives ``P(yes) / (P(yes) + P(no))``; ``"log_odds"`` gives
+    ``log P(yes) - log P(no)`` (the same order, unbounded: what a pointwise judge's score is read as).
+    ``padding_side`` only moves float rounding (about 1e-6); it is kept so that saved numbers reproduce.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, fmt: VerdictFormat, batch_size: int = 16, padding_side: str = "right"
+    ) -> None:
         self.loaded, self.fmt, self.batch_size = loaded, fmt, batch_size
+        self.padding_side = padding_side
         self.engine = HeadEngine(loaded)
         probe = loaded.build_prompt(fmt.text("q", "r"))
         self.yes_id = first_answer_token(loaded, probe, fmt.yes)
@@ -93,17 +87,26 @@ class VerdictScorer:
         ]
 
     @torch.no_grad()
-    def probabilities(self, prompts: Sequence[Prompt], patch: HeadPatch | None = None) -> list[float]:
+    def probabilities(
+        self,
+        prompts: Sequence[Prompt],
+        patch: HeadPatch | None = None,
+        output: Literal["probability", "log_odds"] = "probability",
+    ) -> list[float]:
         scores: list[float] = []
         for batch in iter_batches(list(prompts), self.batch_size):
-            inputs = self.loaded.encode(batch)
+            inputs = self.loaded.encode(batch, padding_side=self.padding_side)
             if patch is None:
                 logits = self.engine.capture_batch(inputs, [0], logits=True).logits
             else:
                 with self.engine.patch(patch):
                     logits = self.engine.capture_batch(inputs, [0], logits=True).logits
-            pair = logits[:, [self.yes_id, self.no_id]].float()  # type: ignore[index]
-            scores += torch.softmax(pair, dim=-1)[:, 0].tolist()
+            if output == "log_odds":  # log P(yes) - log P(no), both over the whole vocabulary
+                logp = torch.log_softmax(logits.float(), dim=-1)  # type: ignore[union-attr]  # (B, V)
+                scores += (logp[:, self.yes_id] - logp[:, self.no_id]).tolist()
+            else:
+                pair = logits[:, [self.yes_id, self.no_id]].float()  # type: ignore[index]  # (B, 2)
+                scores += torch.softmax(pair, dim=-1)[:, 0].tolist()
         return scores
 
 
@@ -129,12 +132,25 @@ def check_judgements(judgements: Sequence[Judgement], minimum_per_verdict: int) 
         )
 
 
-class ActivationRewardModel(ScoreBasedComparison):
-    """Few-shot reward model by activation steering (scikit-learn style: params in, ``*_`` fitted).
+class ActivationRewardModel(ModelEstimator):
+    """Few-shot reward model by activation steering (scikit-learn style: parameters in, ``*_`` fitted).
 
     ``n_shots`` verdict examples per mean prompt, ``n_prompts`` such prompts; REINFORCE head search
     (``steps``, ``samples_per_step``, ``lr``: MTV's defaults) on zero-shot verdict prompts of the
     examples; reward = P(yes) under the patch. ``mode="add"`` adds the means instead of replacing.
+
+    ``rewards(prompts, responses, images)`` gives the per-response rewards (the :class:`Scorer`
+    protocol); ``score(judgements)`` is the scikit-learn metric, the accuracy of ``reward > 0.5`` as a
+    verdict.
+
+    Attributes
+    ----------
+    loaded_ : LoadedModel
+        The model the reward model runs on (``model`` itself, or ``load(model)`` for an id).
+    task_vector_ : MultimodalTaskVector
+        The means and the chosen heads.
+    n_examples_ : int
+        Labelled verdicts fitted on.
     """
 
     def __init__(
@@ -157,38 +173,40 @@ class ActivationRewardModel(ScoreBasedComparison):
     ) -> None:
         self.model = model
         self.fmt = fmt
-        self.n_shots, self.n_prompts, self.steps = n_shots, n_prompts, steps
-        self.samples_per_step, self.lr = samples_per_step, lr
-        self.n_search_items, self.n_selection_items = n_search_items, n_selection_items
-        self.mode, self.min_examples_per_verdict = mode, min_examples_per_verdict
-        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self.n_shots = n_shots
+        self.n_prompts = n_prompts
+        self.steps = steps
+        self.samples_per_step = samples_per_step
+        self.lr = lr
+        self.n_search_items = n_search_items
+        self.n_selection_items = n_selection_items
+        self.mode = mode
+        self.min_examples_per_verdict = min_examples_per_verdict
+        self.batch_size = batch_size
+        self.seed = seed
+        self.progress = progress
 
-    PARAMS = (
-        "n_shots",
-        "n_prompts",
-        "steps",
-        "samples_per_step",
-        "lr",
-        "n_search_items",
-        "n_selection_items",
-        "mode",
-        "min_examples_per_verdict",
-        "batch_size",
-        "seed",
-    )
+    _fitted_attribute = "task_vector_"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "model": MODEL_CONSTRAINT,
+        "fmt": [VerdictFormat],
+        "n_shots": [Interval(Integral, 0, None, closed="left")],
+        "n_prompts": [Interval(Integral, 1, None, closed="left")],
+        "steps": [Interval(Integral, 0, None, closed="left")],
+        "samples_per_step": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "n_search_items": [Interval(Integral, 1, None, closed="left")],
+        "n_selection_items": [Interval(Integral, 1, None, closed="left")],
+        "mode": [StrOptions({"replace", "add"})],
+        "min_examples_per_verdict": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "progress": ["boolean"],
+    }
 
-    @property
-    def loaded(self) -> LoadedModel:
-        if isinstance(self.model, str):
-            self.model = load(self.model)
-        return self.model
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.PARAMS}
-
-    def _task_vector(self) -> MultimodalTaskVector:
+    def _task_vector(self, loaded: LoadedModel) -> MultimodalTaskVector:
         return MultimodalTaskVector(
-            self.loaded,
+            loaded,
             n_prompts=self.n_prompts,
             n_shots=self.n_shots,
             steps=self.steps,
@@ -203,12 +221,14 @@ class ActivationRewardModel(ScoreBasedComparison):
             progress=self.progress,
         )
 
-    def fit(self, judgements: Sequence[Judgement]) -> ActivationRewardModel:
+    def fit(self, judgements: Sequence[Judgement], y: None = None) -> ActivationRewardModel:
         """Means over few-shot verdict prompts, then the head search on zero-shot verdict prompts."""
+        self._validate()
         check_judgements(judgements, self.min_examples_per_verdict)
+        self.loaded_ = self._model()
         episodes = [IclEpisode((), example) for example in judgement_examples(self.fmt, judgements)]
-        self.task_vector_ = self._task_vector().fit(episodes)
-        self.scorer_ = VerdictScorer(self.loaded, self.fmt, self.batch_size)
+        self.task_vector_ = self._task_vector(self.loaded_).fit(episodes)
+        self.scorer_ = VerdictScorer(self.loaded_, self.fmt, self.batch_size)
         self.n_examples_ = len(judgements)
         return self
 
@@ -217,13 +237,10 @@ class ActivationRewardModel(ScoreBasedComparison):
         self._check_fitted()
         return self.task_vector_.heads_
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "task_vector_"):
-            raise HeadvecError(
-                "this ActivationRewardModel is not fitted; call fit(judgements) or from_pretrained"
-            )
+    def _check_fitted(self, hint: str = "call fit(judgements) or from_pretrained") -> None:
+        super()._check_fitted(hint)
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
@@ -234,6 +251,18 @@ class ActivationRewardModel(ScoreBasedComparison):
         return self.scorer_.probabilities(
             self.scorer_.prompts(prompts, responses, images), self.task_vector_.patch()
         )
+
+    def score(self, judgements: Sequence[Judgement], y: Sequence[bool] | None = None) -> float:
+        """Accuracy of ``reward > 0.5`` as the verdict, against ``y`` or the judgements' own verdicts."""
+        if not judgements:
+            raise DataError("score needs at least one labelled judgement")
+        truth = [j.verdict for j in judgements] if y is None else [bool(v) for v in y]
+        if len(truth) != len(judgements):
+            raise DataError(f"{len(judgements)} judgements but {len(truth)} labels; give one label each")
+        rewards = self.rewards(
+            [j.prompt for j in judgements], [j.response for j in judgements], [j.image for j in judgements]
+        )
+        return sum((r > 0.5) == t for r, t in zip(rewards, truth, strict=True)) / len(truth)
 
     def as_trl_reward_func(
         self, prompt_key: str = "prompt", image_key: str = "image"
@@ -247,9 +276,9 @@ class ActivationRewardModel(ScoreBasedComparison):
         out = Path(directory)
         self.task_vector_.save_pretrained(out / "task_vector")
         config = {
-            "params": self.get_params(),
+            "params": {k: v for k, v in self._artifact_params().items() if k != "fmt"},
             "format": self.fmt.to_dict(),
-            "fitted_on": self.loaded.identity,
+            "fitted_on": self.loaded_.identity,
             "n_examples": self.n_examples_,
             "heads": self.heads_,
         }
@@ -261,11 +290,10 @@ class ActivationRewardModel(ScoreBasedComparison):
     ) -> ActivationRewardModel:
         """Load a saved reward model (with the model it was fitted on by default; another one is refused)."""
         config, _ = load_artifact(directory, ARTIFACT_KIND)
-        loaded = (
-            model if isinstance(model, LoadedModel) else load(model or config["fitted_on"]["name_or_path"])
-        )
+        loaded = model if isinstance(model, LoadedModel) else load(model or fitted_model_name(directory))
         check_same_model(loaded, config["fitted_on"], "activation reward model")
         rm = cls(loaded, VerdictFormat(**config["format"]), **config["params"])
+        rm.loaded_ = loaded
         rm.task_vector_ = MultimodalTaskVector.from_pretrained(Path(directory) / "task_vector", loaded)
         rm.scorer_ = VerdictScorer(loaded, rm.fmt, rm.batch_size)
         rm.n_examples_ = int(config["n_examples"])
@@ -275,11 +303,12 @@ class ActivationRewardModel(ScoreBasedComparison):
 def trl_reward_func(
     rm: Any, prompt_key: str = "prompt", image_key: str = "image"
 ) -> Callable[..., list[float]]:
-    """Wrap any reward model's ``score`` as a TRL reward function (named, as TRL logs it by name)."""
+    """Wrap any :class:`~headvec.rewards.protocol.Scorer`'s ``rewards`` as a TRL reward function (named,
+    as TRL logs it by name)."""
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
         images = columns.get(image_key)
-        return rm.score([_as_text(p) for p in prompts], [_as_text(c) for c in completions], images)
+        return rm.rewards([_as_text(p) for p in prompts], [_as_text(c) for c in completions], images)
 
     reward.__name__ = f"{type(rm).__name__}_reward"
     return reward

@@ -1,9 +1,12 @@
 """The judge baselines activation reward models are compared with, all on the same model and verdict format.
 
+Each is a :class:`~headvec.rewards.protocol.Scorer` (``rewards`` per response) with ``fit(judgements)``:
+
 - :class:`ZeroShotJudge`: the model generates its verdict; reward 1 (yes), 0 (no), 0.5 (unparseable,
   counted in ``unparsed_``).
 - :class:`InContextJudge`: the same with ``k`` labelled verdicts (balanced, seeded) as earlier turns.
-- :class:`TokenProbabilityJudge`: the unsteered ``P(yes) / (P(yes) + P(no))``.
+- :class:`TokenProbabilityJudge`: the unsteered ``P(yes) / (P(yes) + P(no))`` (or its log-odds): the one
+  P(yes) judge, also the harness's ``judge-score:``.
 - :class:`SavVerdictJudge`: Sparse Attention Vectors fitted on the verdict prompts; reward = share of
   the selected heads voting "yes".
 - :class:`SampledVotingJudge`: ``n`` sampled verdicts (temperature ``temperature``, seeded); reward =
@@ -14,30 +17,24 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from headvec.engine import HeadEngine
 from headvec.methods.sav import ClassifierInput, SparseAttentionVectors
 from headvec.models import Example, ImageLike, LoadedModel, Prompt, load_image
-from headvec.rewards.activation import Judgement, VerdictFormat, VerdictScorer, check_judgements
-from headvec.rewards.protocol import ScoreBasedComparison
+from headvec.rewards.activation import VerdictScorer, check_judgements
+from headvec.rewards.verdicts import Judgement, VerdictFormat, parse_yes_no
 
 
 def parse_verdict(text: str, fmt: VerdictFormat) -> bool | None:
-    """True for the yes word, False for the no word (first word, case-insensitive), else None."""
-    words = text.strip().lower().replace(".", " ").replace(",", " ").split()
-    if not words:
-        return None
-    if words[0] == fmt.yes.lower():
-        return True
-    if words[0] == fmt.no.lower():
-        return False
-    return None
+    """True for the format's yes word, False for its no word, else None (:func:`parse_yes_no`)."""
+    return parse_yes_no(text, fmt.yes, fmt.no)
 
 
-class _GeneratingJudge(ScoreBasedComparison):
-    """Shared by the judges that read a generated verdict."""
+class GeneratedVerdictJudge:
+    """Shared by the judges that read a generated verdict; ``unparsed_`` of ``judged_`` were unreadable."""
 
     shots: Sequence[Example] = ()
 
@@ -67,7 +64,7 @@ class _GeneratingJudge(ScoreBasedComparison):
                 rewards.append(1.0 if verdict else 0.0)
         return rewards
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
@@ -77,14 +74,14 @@ class _GeneratingJudge(ScoreBasedComparison):
         return self.verdict_rewards(texts)
 
 
-class ZeroShotJudge(_GeneratingJudge):
+class ZeroShotJudge(GeneratedVerdictJudge):
     """LLM-as-judge without examples."""
 
     def fit(self, judgements: Sequence[Judgement] = ()) -> ZeroShotJudge:
         return self
 
 
-class InContextJudge(_GeneratingJudge):
+class InContextJudge(GeneratedVerdictJudge):
     """LLM-as-judge with ``k`` labelled verdicts (half yes, half no, seeded order) in the context."""
 
     def __init__(
@@ -111,7 +108,7 @@ class InContextJudge(_GeneratingJudge):
         return self
 
 
-class SampledVotingJudge(_GeneratingJudge):
+class SampledVotingJudge(GeneratedVerdictJudge):
     """Majority voting over ``n_samples`` sampled verdicts; the reward is the share of yes votes."""
 
     def __init__(
@@ -129,7 +126,7 @@ class SampledVotingJudge(_GeneratingJudge):
     def fit(self, judgements: Sequence[Judgement] = ()) -> SampledVotingJudge:
         return self
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
@@ -146,25 +143,37 @@ class SampledVotingJudge(_GeneratingJudge):
         return [sum(votes[i * n : (i + 1) * n]) / n for i in range(len(built))]
 
 
-class TokenProbabilityJudge(ScoreBasedComparison):
-    """The unsteered model's normalised probability of the yes word: what the activation RM steers."""
+class TokenProbabilityJudge:
+    """The unsteered model's normalised probability of the yes word: what the activation RM steers.
 
-    def __init__(self, loaded: LoadedModel, fmt: VerdictFormat, batch_size: int = 16) -> None:
-        self.scorer = VerdictScorer(loaded, fmt, batch_size)
+    ``output="log_odds"`` reads ``log P(yes) - log P(no)`` instead (same order; the benchmark harness's
+    ``judge-score:`` spec).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        fmt: VerdictFormat,
+        batch_size: int = 16,
+        output: Literal["probability", "log_odds"] = "probability",
+        padding_side: str = "right",
+    ) -> None:
+        self.scorer = VerdictScorer(loaded, fmt, batch_size, padding_side)
+        self.output = output
 
     def fit(self, judgements: Sequence[Judgement] = ()) -> TokenProbabilityJudge:
         return self
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
         images: Sequence[ImageLike | None] | None = None,
     ) -> list[float]:
-        return self.scorer.probabilities(self.scorer.prompts(prompts, responses, images))
+        return self.scorer.probabilities(self.scorer.prompts(prompts, responses, images), output=self.output)
 
 
-class SavVerdictJudge(ScoreBasedComparison):
+class SavVerdictJudge:
     """Sparse Attention Vectors on the verdict prompt; reward = share of the chosen heads voting yes."""
 
     def __init__(
@@ -188,7 +197,7 @@ class SavVerdictJudge(ScoreBasedComparison):
         self.sav.fit(inputs, ["yes" if j.verdict else "no" for j in judgements])
         return self
 
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],

@@ -1,8 +1,8 @@
-"""Hugging Face sequence-classification reward models behind headvec's :class:`RewardModel` protocol.
+"""Hugging Face sequence-classification reward models behind headvec's :class:`Scorer` protocol.
 
 Trained reward models (Skywork-Reward, ArmoRM-style heads, DeBERTa RMs) are the usual baseline for
-activation reward models, so the benchmark, the server and TRL take them through the same ``score`` /
-``compare`` interface. The reward is the single logit (``num_labels == 1``) or the logit of the positive
+activation reward models, so the benchmark, the server and TRL take them through the same ``rewards``
+interface. The reward is the single logit (``num_labels == 1``) or the logit of the positive
 label. Each pair is rendered with the tokenizer's chat template (user = prompt, assistant = response)
 because that is how such models were trained; tokenizers without one get ``"prompt\\n\\nresponse"``.
 """
@@ -17,10 +17,9 @@ import torch
 
 from headvec.errors import DataError, HeadvecError
 from headvec.models import ImageLike
-from headvec.rewards.protocol import ScoreBasedComparison
 
 
-class SequenceClassifierRewardModel(ScoreBasedComparison):
+class SequenceClassifierRewardModel:
     """``AutoModelForSequenceClassification`` + ``AutoTokenizer`` as a text-only reward model.
 
     ``positive_label`` (index or label name) picks the rewarding logit of a multi-label head; with two
@@ -134,7 +133,7 @@ class SequenceClassifierRewardModel(ScoreBasedComparison):
         return f"{prompt}\n\n{response}"
 
     @torch.no_grad()
-    def score(
+    def rewards(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
