@@ -29,27 +29,18 @@ def imported_after(code: str) -> set[str]:
     return set(out.split())
 
 
+@pytest.mark.slow
 def test_import_headvec_and_help_load_no_heavy_package():
     assert not imported_after("import headvec") & set(HEAVY)
     help_run = "from headvec.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass"
     assert not imported_after(help_run) & set(HEAVY)
 
 
-def test_headengine_imports_torch_but_not_transformers_models_or_extras():
+@pytest.mark.slow
+def test_headengine_imports_torch_and_nothing_of_transformers_or_the_extras():
     modules = imported_after("from headvec import HeadEngine")
     assert "torch" in modules
-    assert not modules & {"sklearn", "fastapi", "ray", "trl", "matplotlib", "openai"}
-    loaded = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from headvec import HeadEngine; import sys; print('modeling_utils' in str(list(sys.modules)))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert loaded == "False"
+    assert not modules & {"transformers", "sklearn", "fastapi", "ray", "trl", "matplotlib", "openai"}
 
 
 def test_lazy_init_halves_agree_and_every_name_resolves():

@@ -271,6 +271,7 @@ def test_fit_and_generate_on_every_tiny_architecture(name, tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------------ cli
+@pytest.mark.slow
 def test_cli_fit_run_eval_on_jsonl(tiny_model_dir, tmp_path):
     """The three commands end to end on JSONL episodes: artifact, plots, answers, results."""
     model = str(tiny_model_dir("llama"))
@@ -329,6 +330,7 @@ def test_cli_fit_run_eval_on_jsonl(tiny_model_dir, tmp_path):
     assert result.exit_code == 2 and "--data" in result.output
 
 
+@pytest.mark.slow
 def test_toy_icl_evaluation_end_to_end(tmp_path):
     """The toy-world comparison on a random-init toy LLaVA: every condition, scaling, cost, plots."""
     from headvec.evaluation.mtv import ToyIclConfig, evaluate_toy_icl, write_report
