@@ -22,7 +22,6 @@ from headvec.cli.common import (
     console,
     load_model,
     parse_ints,
-    set_threads,
     user_errors,
 )
 
@@ -40,6 +39,7 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
         "or RewardBench",
     ),
     "serve": ("headvec.cli.serve", "app", "Serve models over HTTP"),
+    "toyworld": ("headvec.cli.toyworld", "app", "The toy world: data, and the small LLaVA trained on it."),
 }
 
 
@@ -153,73 +153,6 @@ def extract(
     console.print(
         f"cached {len(rows)} rows x {loaded.arch.n_layers} layers x {loaded.arch.n_heads} heads -> {out}"
     )
-
-
-toyworld_app = typer.Typer(
-    help="The toy world: data, and the small LLaVA trained on it.", no_args_is_help=True
-)
-app.add_typer(toyworld_app, name="toyworld")
-
-
-@toyworld_app.command("export")
-@user_errors
-def toyworld_export(
-    out: Annotated[Path, typer.Argument(help="Directory for JSONL files and PNG images.")],
-    seed: int = 0,
-    n_train: Annotated[int, typer.Option(help="Items per task in the train split.")] = 5000,
-    n_test: Annotated[int, typer.Option(help="Items per task in the test split.")] = 500,
-) -> None:
-    """Write every toy-world task (both languages) as JSONL + PNG; preferences in VL-RewardBench layout."""
-    from headvec.toyworld import export
-
-    written = export(out, seed, {"train": n_train, "test": n_test})
-    console.print(f"wrote {len(written)} files, {sum(written.values())} rows -> {out}")
-
-
-@toyworld_app.command("train")
-@user_errors
-def toyworld_train(
-    out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds a checkpoint).")],
-    steps: int = 3000,
-    batch_size: int = 32,
-    seed: int = 0,
-    threads: ThreadsOpt = 0,
-) -> None:
-    """Train the toy model on CPU from freshly generated data; kill and rerun to resume."""
-    from headvec.toyworld.train import TrainConfig, train
-
-    set_threads(threads)
-    model_dir = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed))
-    console.print(f"model saved to {model_dir}")
-
-
-@toyworld_app.command("eval")
-@user_errors
-def toyworld_eval(
-    model: Annotated[
-        str, typer.Argument(help="A toy model directory, or 'toy' for the shipped one.")
-    ] = "toy",
-    n: Annotated[int, typer.Option(help="Held-out items per task and language.")] = 200,
-    seed: int = 1,
-    out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here.")] = None,
-    dtype: DtypeOpt = DEFAULT_DTYPE,
-    device: DeviceOpt = DEFAULT_DEVICE,
-    threads: ThreadsOpt = 0,
-) -> None:
-    """Measure the toy model's capabilities on held-out scenes, in both surface languages."""
-    from headvec.toyworld.evaluate import evaluate_toy_model
-
-    loaded = load_model(model, dtype=dtype, device=device, threads=threads)
-    results = evaluate_toy_model(loaded, n=n, seed=seed)
-    table = Table(title=f"toy model capabilities ({n} held-out items per task)")
-    table.add_column("metric")
-    for language in results:
-        table.add_column(language)
-    for metric in results[next(iter(results))]:
-        table.add_row(metric, *(f"{results[lang][metric]:.3f}" for lang in results))
-    console.print(table)
-    if out is not None:
-        out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from headvec.engine import HeadEngine
 from headvec.models import Example, LoadedModel, Prompt
 from headvec.toyworld.episodes import ICL_TASKS
 from headvec.toyworld.export import generate
-from headvec.toyworld.language import translate
+from headvec.toyworld.language import LANGUAGES, translate
 from headvec.toyworld.model import IMAGE_SIZE
 from headvec.toyworld.tasks import parse_final_answer
 
@@ -55,11 +55,14 @@ def evaluate_toy_model(
     loaded: LoadedModel,
     n: int = 200,
     seed: int = 1,
-    languages: tuple[str, ...] = ("en", "xx"),
+    languages: tuple[str, ...] = LANGUAGES,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Accuracy per capability and language on ``n`` held-out (test-split) items per task."""
+    """Accuracy per capability and language on ``n`` held-out (test-split) items per task.
+
+    Besides one entry per language, ``mean_other`` averages the languages other than English.
+    """
     engine = HeadEngine(loaded)
     results: dict[str, dict[str, float]] = {}
     steps: list[tuple[str, Callable[[str], dict[str, float]]]] = []
@@ -73,12 +76,19 @@ def evaluate_toy_model(
         items, answers = single_turn("vqa", 8, language)
         groups: dict[str, list[bool]] = defaultdict(list)
         for item, answer in zip(items, answers, strict=True):
-            groups[VQA_GROUPS[item.meta["qtype"]]].append(answer == item.answer)
-        return {f"vqa_{group}": _rate(hits) for group, hits in groups.items()}
+            group = VQA_GROUPS[item.meta["qtype"]]
+            groups[group].append(answer == item.answer)
+            if group == "attribute":
+                groups[f"attribute_{len(item.scene.objects)}_objects"].append(answer == item.answer)
+        return {f"vqa_{group}": _rate(hits) for group, hits in sorted(groups.items())}
 
     def judge(language: str) -> dict[str, float]:
         items, answers = single_turn("judge", 3, language)
-        return {"judge": _rate([a == i.answer for i, a in zip(items, answers, strict=True)])}
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for item, answer in zip(items, answers, strict=True):
+            groups["judge"].append(answer == item.answer)
+            groups[f"judge_{VQA_GROUPS[item.meta['qtype']]}"].append(answer == item.answer)
+        return {name: _rate(hits) for name, hits in groups.items()}
 
     def scene_graph(language: str) -> dict[str, float]:
         items, answers = single_turn("scene_graph", 260, language)
@@ -145,4 +155,9 @@ def evaluate_toy_model(
                 scores.update(step(language))
                 bar.update()
             results[language] = scores
+    others = [results[lang] for lang in languages if lang != "en"]
+    if others:
+        results["mean_other"] = {
+            metric: round(sum(r[metric] for r in others) / len(others), 4) for metric in others[0]
+        }
     return results
