@@ -26,7 +26,6 @@ from headvec.methods.mtv import (
     IclEpisode,
     MultimodalTaskVector,
     episode_prompt,
-    from_toy_episode,
     normalize_answer,
     prompt_tokens,
 )
@@ -54,6 +53,7 @@ class ToyIclConfig:
 
 def toy_icl_episodes(task: str, n: int, split: str, seed: int, language: str, shots: int) -> list[IclEpisode]:
     """``n`` toy episodes of one in-context task (drawn from the balanced four-task stream)."""
+    from headvec.toyworld.adapters import icl_episode
     from headvec.toyworld.episodes import ICL_TASKS, make_icl
     from headvec.toyworld.export import derived_rng
 
@@ -61,7 +61,7 @@ def toy_icl_episodes(task: str, n: int, split: str, seed: int, language: str, sh
         raise DataError(f"unknown toy in-context task {task!r}; choose from {', '.join(ICL_TASKS)}")
     rng = derived_rng(seed, "mtv", task, split)
     episodes = make_icl(rng, n * len(ICL_TASKS), language, shots=shots, split=split)
-    return [from_toy_episode(e) for e in episodes if e.icl_task == task][:n]
+    return [icl_episode(e) for e in episodes if e.icl_task == task][:n]
 
 
 def _hits(answers: Sequence[str], episodes: Sequence[IclEpisode], match: str = "exact") -> list[bool]:

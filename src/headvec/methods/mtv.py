@@ -53,18 +53,6 @@ class IclEpisode:
         return [*self.shots, self.query]
 
 
-def from_toy_episode(episode: Any, image_size: int | None = None) -> IclEpisode:
-    """Adapt a :class:`headvec.toyworld.episodes.Episode` (images rendered once, here)."""
-    from headvec.toyworld.model import IMAGE_SIZE
-
-    size = image_size or IMAGE_SIZE
-
-    def example(shot: Any) -> Example:
-        return Example(episode.prompt, [shot.image(size)], shot.answer)
-
-    return IclEpisode(tuple(example(s) for s in episode.shots), example(episode.query), episode.icl_task)
-
-
 class _TurnRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -20,7 +20,7 @@ from headvec.toyworld.language import (
     translate,
     vocabulary,
 )
-from headvec.toyworld.preferences import BIASES, CATEGORIES, Preference, make_preference
+from headvec.toyworld.preferences import BIASES, CATEGORIES, PreferenceExample, make_preference
 from headvec.toyworld.scenes import (
     COLORS,
     RELATIONS,
@@ -66,7 +66,7 @@ __all__ = [
     "Item",
     "JudgeItem",
     "Obj",
-    "Preference",
+    "PreferenceExample",
     "Question",
     "Scene",
     "Shot",

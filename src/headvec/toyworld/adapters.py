@@ -1,4 +1,4 @@
-"""Toy-world data as the types of the reward stack: the only place that converts between the two.
+"""Toy-world data as the types of the methods and the reward stack: the only place that converts.
 
 Methods, reward models and the benchmark harness import nothing from :mod:`headvec.toyworld`; whatever
 needs toy-world data (the CLI, benchmarks, tests) converts it here.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from headvec.methods.mtv import IclEpisode
+from headvec.models import Example
 from headvec.rewards.pairs import PreferencePair, png_bytes
 from headvec.rewards.verdicts import Judgement
-from headvec.toyworld.preferences import Preference
+from headvec.toyworld.episodes import Episode, Shot
+from headvec.toyworld.preferences import PreferenceExample
 from headvec.toyworld.tasks import JudgeItem
 
 
-def preference_pair(pair: Preference, id: str = "") -> PreferencePair:
+def preference_pair(pair: PreferenceExample, id: str = "") -> PreferencePair:
     """A toy-world preference (image rendered, as PNG) as the reward stack's pair, chosen first."""
     return PreferencePair(
         prompt=pair.query,
@@ -47,3 +50,16 @@ def judgements_from_judge_items(items: Sequence[JudgeItem], with_images: bool = 
         Judgement(item.question, item.candidate, item.answer == "yes", item.image() if with_images else None)
         for item in items
     ]
+
+
+def icl_episode(episode: Episode, image_size: int | None = None) -> IclEpisode:
+    """A toy-world in-context episode as MTV's :class:`~headvec.methods.mtv.IclEpisode` (images rendered
+    once, here, at the toy model's image size unless ``image_size`` is given)."""
+    from headvec.toyworld.model import IMAGE_SIZE  # transformers: imported only when used
+
+    size = image_size or IMAGE_SIZE
+
+    def example(shot: Shot) -> Example:
+        return Example(episode.prompt, [shot.image(size)], shot.answer)
+
+    return IclEpisode(tuple(example(s) for s in episode.shots), example(episode.query), episode.icl_task)

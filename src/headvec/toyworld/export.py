@@ -21,7 +21,7 @@ from typing import Any
 
 from headvec.toyworld.episodes import Episode, Shot, make_icl
 from headvec.toyworld.language import LANGUAGES, vocabulary
-from headvec.toyworld.preferences import Preference, make_preference
+from headvec.toyworld.preferences import PreferenceExample, make_preference
 from headvec.toyworld.scenes import OBJ_FIELDS, Scene, render
 from headvec.toyworld.tasks import Example, make_caption, make_cot, make_judge, make_scene_graph, make_vqa
 
@@ -110,7 +110,7 @@ def to_row(item: Example | Episode, row_id: str, images: _Images) -> dict:
     }
 
 
-def vlrewardbench_row(pair: Preference, row_id: str, image: str, chosen_first: bool) -> dict:
+def vlrewardbench_row(pair: PreferenceExample, row_id: str, image: str, chosen_first: bool) -> dict:
     """A pair in VL-RewardBench's layout; ``human_ranking`` [0, 1] means the first response is preferred."""
     response = [pair.chosen, pair.rejected] if chosen_first else [pair.rejected, pair.chosen]
     return {

@@ -35,7 +35,7 @@ CATEGORIES = ("hallucination", "reasoning", "reward_hacking", "flipped")
 BIASES = ("length", "confidence", "format")
 
 
-class Preference(Example):
+class PreferenceExample(Example):
     """``chosen`` is right, ``rejected`` wrong; ``bias`` names the surface cue (``none`` if there is none)."""
 
     text_fields: ClassVar[tuple[str, ...]] = ("query", "chosen", "rejected", "ground_truth")
@@ -97,7 +97,9 @@ def wrong_chain(rng: random.Random, q: Question) -> str:
     return chain_of_thought(q.model_copy(update={"focus": tuple(focus), "answer": NUMBERS[len(focus)]}))
 
 
-def make_preference(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Preference]:
+def make_preference(
+    rng: Rng, n: int, language: str = "en", *, split: str | None = None
+) -> list[PreferenceExample]:
     """``n`` pairs, categories balanced and, within reward_hacking and flipped, biases balanced."""
     rng = as_rng(rng)
     counts = dict.fromkeys(CATEGORIES, 0)
@@ -110,7 +112,7 @@ def make_preference(rng: Rng, n: int, language: str = "en", *, split: str | None
             rejected, error = hallucinated_caption(rng, scene)
             chosen = caption(scene)
             pairs.append(
-                Preference(
+                PreferenceExample(
                     task="preference",
                     scene=scene,
                     query=DESCRIBE,
@@ -136,7 +138,7 @@ def make_preference(rng: Rng, n: int, language: str = "en", *, split: str | None
             else:
                 chosen, rejected = with_bias(right, bias, rng), wrong
         pairs.append(
-            Preference(
+            PreferenceExample(
                 task="preference",
                 scene=q.scene,
                 query=query,
