@@ -15,8 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from headvec import HeadEngine, HeadvecError, load
-from headvec.cache import extract_to_disk, load_activations
+from headvec.cache import CACHE_FORMAT, extract_to_disk, load_activations
 from headvec.cli import app
+from headvec.methods.artifacts import MODEL_KEY
 
 
 def write_rows(path: Path, n: int) -> Path:
@@ -50,7 +51,31 @@ def test_cached_heads_equal_in_memory_capture(tmp_path, tiny_model_dir):
     torch.testing.assert_close(tensors["heads"], expected.heads)
     torch.testing.assert_close(tensors["residual"], expected.residual)
     assert index["n_rows"] == 7 and len(index["shards"]) == 3
-    assert index["model"]["weights_fingerprint"] == loaded.identity["weights_fingerprint"]
+    # the model identity sits under the key artifacts use
+    assert index[MODEL_KEY]["weights_fingerprint"] == loaded.identity["weights_fingerprint"]
+    assert "model" not in index
+
+
+def test_a_cache_of_the_previous_format_is_read_and_resumed(tmp_path, tiny_model_dir):
+    loaded = load(tiny_model_dir("qwen2"), device="cpu")
+    engine = HeadEngine(loaded)
+    prompts = [loaded.build_prompt(f"row {i}") for i in range(4)]
+    extract_to_disk(engine, prompts, tmp_path, batch_size=2, progress=False)
+    expected, _ = load_activations(tmp_path)
+    # rewrite it as format 1 wrote it (identity under "model"), with its last batch not yet done
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["format"], index["model"] = "headvec-activations/1", index.pop(MODEL_KEY)
+    last = index["shards"].pop()
+    (tmp_path / last["file"]).unlink()
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(HeadvecError, match="incomplete"):
+        load_activations(tmp_path)
+
+    extract_to_disk(engine, prompts, tmp_path, batch_size=2, progress=False)  # resumes, does not refuse
+    tensors, index = load_activations(tmp_path)
+    torch.testing.assert_close(tensors["heads"], expected["heads"])
+    assert index["format"] == CACHE_FORMAT and "model" not in index
+    assert index[MODEL_KEY] == loaded.identity
 
 
 def test_cache_refuses_to_mix_runs(tmp_path, tiny_model_dir):

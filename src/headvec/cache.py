@@ -1,9 +1,13 @@
 """Stream a dataset through the engine and cache head activations on disk, resumably.
 
 Layout of a cache directory: one ``shard-NNNNN.safetensors`` per batch (tensors ``heads`` and, if
-asked, ``residual``) and ``index.json`` that records the model, the settings, a hash of the inputs
-and the finished shards. Shards and the index are written to a temporary name and renamed, so a run
-killed at any point leaves only whole files; a rerun skips the batches already on disk.
+asked, ``residual``) and ``index.json`` that records the model (its identity under ``"fitted_on"``, the
+key artifacts use), the settings, a hash of the inputs and the finished shards. Shards and the index are
+written to a temporary name and renamed, so a run killed at any point leaves only whole files; a rerun
+skips the batches already on disk.
+
+Format history: ``headvec-activations/1`` recorded the model under ``"model"``; such an index is read
+(and resumed) as ``headvec-activations/2``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from tqdm.auto import tqdm
 
 from headvec.engine import HeadEngine, Positions, iter_batches
 from headvec.errors import HeadvecError
-from headvec.models import Prompt
+from headvec.models import MODEL_KEY, Prompt
 
 INDEX_NAME = "index.json"
-CACHE_FORMAT = "headvec-activations/1"
+CACHE_FORMAT = "headvec-activations/2"
+_OLD_FORMAT = "headvec-activations/1"  # the model identity under "model"
 
 
 def _prompts_digest(prompts: Sequence[Prompt]) -> str:
@@ -41,6 +46,15 @@ def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    """The index at ``path``, an older format migrated to :data:`CACHE_FORMAT`."""
+    index = json.loads(path.read_text())
+    if index.get("format") == _OLD_FORMAT:
+        index[MODEL_KEY] = index.pop("model", None)
+        index["format"] = CACHE_FORMAT
+    return index
 
 
 def _write_index(directory: Path, index: dict[str, Any]) -> None:
@@ -63,7 +77,7 @@ def extract_to_disk(
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "format": CACHE_FORMAT,
-        "model": engine.loaded.identity,
+        MODEL_KEY: engine.loaded.identity,
         "layers": engine.resolve_layers(layers),
         "positions": positions if isinstance(positions, int) else list(positions),
         "batch_size": batch_size,
@@ -74,7 +88,7 @@ def extract_to_disk(
     index_path = out / INDEX_NAME
     shards: list[dict[str, Any]] = []
     if index_path.exists():
-        previous = json.loads(index_path.read_text())
+        previous = _read_index(index_path)
         previous_settings = {key: previous.get(key) for key in settings}
         if previous_settings != settings:
             changed = sorted(key for key in settings if previous_settings[key] != settings[key])
@@ -114,7 +128,7 @@ def load_activations(cache_dir: str | Path) -> tuple[dict[str, torch.Tensor], di
     index_path = directory / INDEX_NAME
     if not index_path.is_file():
         raise HeadvecError(f"{directory} is not an activation cache (no {INDEX_NAME}); run headvec extract")
-    index = json.loads(index_path.read_text())
+    index = _read_index(index_path)
     covered = sum(s["stop"] - s["start"] for s in index["shards"])
     if covered != index["n_rows"]:
         raise HeadvecError(

@@ -22,6 +22,9 @@ from headvec.errors import DataError, HeadvecError
 if TYPE_CHECKING:  # transformers' model and processing modules take seconds to import: only in load()
     from transformers import BatchEncoding, PreTrainedModel
 
+# The key under which artifacts and activation caches record LoadedModel.identity (one key everywhere).
+MODEL_KEY = "fitted_on"
+
 # Short names for models that come with headvec or its dependencies (no hub needed).
 MODEL_ALIASES: dict[str, Callable[[], Path]] = {}
 
@@ -145,7 +148,8 @@ class LoadedModel:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What an artifact records to refuse being applied to a different model."""
+        """What an artifact or an activation cache records (under :data:`MODEL_KEY`) to refuse being
+        applied to a different model."""
         return {
             "name_or_path": self.name_or_path,
             "model_class": type(self.model).__name__,

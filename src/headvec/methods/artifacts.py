@@ -22,12 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headvec.errors import HeadvecError
-from headvec.models import LoadedModel
+from headvec.models import MODEL_KEY, LoadedModel
 
 CONFIG_NAME = "headvec_config.json"
 TENSORS_NAME = "headvec_tensors.safetensors"
 FORMAT_VERSION = 1
-MODEL_KEY = "fitted_on"
 
 
 def save_artifact(
