@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from headvec import HeadEngine, load
+from headvec._optional import require
 
 
 def save_heat_map(accuracy: torch.Tensor, path: Path, title: str) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="plot", feature="the demo's heat map")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
