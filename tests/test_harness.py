@@ -430,6 +430,29 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 30
 
 
+def test_bench_run_records_the_resolved_device_so_the_default_resumes(vlrb_jsonl, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from headvec.cli import app
+
+    out = tmp_path / "run"
+    args = ["bench", "run", "vlrewardbench", "--rm", "baseline:length", "--data", str(vlrb_jsonl)]
+    first = CliRunner().invoke(app, [*args, "--out", str(out), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    results = (out / RESULTS_NAME).read_bytes()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    again = CliRunner().invoke(app, [*args, "--out", str(out)])  # the default, auto, is cpu here
+    assert again.exit_code == 0, again.output
+    assert (out / RESULTS_NAME).read_bytes() == results  # resumed: nothing redone or duplicated
+    assert json.loads((out / "run.json").read_text())["options"]["device"] == "cpu"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = CliRunner().invoke(app, [*args, "--out", str(out)])  # auto is cuda: another run
+    assert on_gpu.exit_code == 2
+    assert "different options" in on_gpu.output
+
+
 @pytest.fixture(scope="module")
 def toy_export(tmp_path_factory) -> Path:
     from headvec.toyworld import export

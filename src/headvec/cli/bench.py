@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from headvec.cli.common import console, set_threads, user_errors
+from headvec.cli.common import DEFAULT_DEVICE, DeviceOpt, console, set_threads, user_errors
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 
@@ -51,7 +51,7 @@ def run(
     top_p: Annotated[float, typer.Option(help="Judge nucleus sampling.")] = 1.0,
     max_new_tokens: Annotated[int | None, typer.Option(help="Judge output limit.")] = None,
     batch_size: Annotated[int, typer.Option(help="Local judge batch size.", min=1)] = 8,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    device: DeviceOpt = DEFAULT_DEVICE,
     timeout: Annotated[float, typer.Option(help="Endpoint request timeout, seconds.")] = 60.0,
     retries: Annotated[int, typer.Option(help="Endpoint retries per request.", min=0)] = 3,
     concurrency: Annotated[int, typer.Option(help="Endpoint requests in flight.", min=1)] = 8,
@@ -60,6 +60,7 @@ def run(
     """Evaluate a reward model on a benchmark into OUT (results.jsonl, metrics.json, report.md/html)."""
 
     from headvec.harness import DEFAULT_TEMPLATE, RunSettings, load_benchmark, run_benchmark, write_report
+    from headvec.models import resolve_device
     from headvec.rewards.loading import RMOptions
 
     set_threads(threads)
@@ -72,7 +73,7 @@ def run(
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        device=device,
+        device=resolve_device(device),  # the run records where it ran: "auto" resumes on the same device
         timeout=timeout,
         retries=retries,
         concurrency=concurrency,

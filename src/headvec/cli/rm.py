@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from headvec.cli.common import DeviceOpt, ModelArg, RemoteOpt, console, user_errors
+from headvec.cli.common import DEFAULT_DEVICE, DeviceOpt, ModelArg, RemoteOpt, console, user_errors
 
 app = typer.Typer(
     help="Activation reward models: few-shot reward models by steering heads.", no_args_is_help=True
@@ -44,7 +44,7 @@ def fit(
     n_prompts: Annotated[int, typer.Option(min=1, help="Few-shot prompts the means average over.")] = 100,
     n_shots: Annotated[int, typer.Option(min=0, help="Labelled verdicts per mean prompt.")] = 4,
     seed: int = 0,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Fit an activation reward model on labelled verdicts and save it (safetensors + JSON)."""
@@ -113,7 +113,7 @@ def evaluate(
         bool, typer.Option(help="Fit reward_hacking on half reward_hacking, half flipped training pairs.")
     ] = False,
     seed: int = 0,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = DEFAULT_DEVICE,
 ) -> None:
     """Activation RM vs zero-shot / in-context / token-probability / SAV / sampled-voting judges."""
     from headvec.errors import HeadvecError
