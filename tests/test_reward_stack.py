@@ -1,46 +1,7 @@
-"""The reward stack's layering: rewards imports neither the harness nor the toy world, the harness and the
-servers import no toy world, and no private name crosses a package boundary."""
+"""The reward stack's bridges to the toy world (its layering is checked with the whole package graph in
+test_architecture.py)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
-
-import pytest
-
-SRC = Path(__file__).parents[1] / "src" / "headvec"
-FORBIDDEN = {
-    "rewards": ("headvec.harness", "headvec.toyworld", "headvec.serving", "headvec.cli"),
-    "harness": ("headvec.toyworld", "headvec.serving", "headvec.cli"),
-    "serving": ("headvec.toyworld", "headvec.harness", "headvec.cli"),
-}
-
-
-def imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(module, imported names) for every import in a file, functions' bodies included."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.append((node.module, [alias.name for alias in node.names]))
-        elif isinstance(node, ast.Import):
-            found += [(alias.name, []) for alias in node.names]
-    return found
-
-
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_layering_and_no_private_names_across_packages(package):
-    files = sorted((SRC / package).glob("*.py"))
-    assert files, f"no modules found in {SRC / package}"
-    problems = []
-    for path in files:
-        for module, names in imports(path):
-            if module.startswith(FORBIDDEN[package]):
-                problems.append(f"{path.name} imports {module}")
-            other_package = module.startswith("headvec.") and not module.startswith(f"headvec.{package}")
-            private = [name for name in names if name.startswith("_")]
-            if other_package and private:
-                problems.append(f"{path.name} imports private {private} from {module}")
-    assert problems == []
 
 
 def test_the_toyworld_adapters_are_the_only_bridge():
