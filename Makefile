@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-10)
 STAMP = $(VENV)/.installed-$(1)-$(PYPROJECT_HASH)
 
-.PHONY: demo test test-fast bench bench-methods bench-imports lint clean
+.PHONY: demo test test-fast docs bench bench-methods bench-imports lint clean
 
 $(call STAMP,test):
 	bash scripts/install.sh test
@@ -26,6 +26,10 @@ test: $(call STAMP,test)
 test-fast: $(call STAMP,test)
 	$(BIN)/python -m pytest tests -m "not slow"
 
+# The site (guide, API reference, results) into site/; offline, and --strict fails on any warning.
+docs: $(call STAMP,test)
+	$(BIN)/mkdocs build --strict
+
 bench: $(call STAMP,bench)
 	$(BIN)/python bench/run.py
 
@@ -37,8 +41,8 @@ bench-imports: $(call STAMP,bench)
 	$(BIN)/python bench/run.py --only imports
 
 lint: $(call STAMP,test)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -328,6 +328,7 @@ def load(
 
     Vision-language models load through ``AutoModelForImageTextToText`` + ``AutoProcessor``; causal LMs
     through ``AutoModelForCausalLM`` + ``AutoTokenizer``; anything else (encoders) through ``AutoModel``.
+    To wrap a model you already loaded yourself, use :meth:`LoadedModel.from_model`.
 
     Parameters
     ----------
@@ -353,8 +354,6 @@ def load(
         Everything else goes to the model's ``from_pretrained`` unchanged (``low_cpu_mem_usage``,
         ``max_memory``...); ``token``, ``cache_dir``, ``local_files_only``, ``force_download`` and
         ``subfolder`` also go to the config, tokenizer and processor loaders.
-
-    To wrap a model you already loaded yourself, use :meth:`LoadedModel.from_model`.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 

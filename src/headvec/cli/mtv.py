@@ -34,7 +34,7 @@ TaskOpt = Annotated[
     typer.Option(
         "--task",
         help=f"'{TOY_TASK}' (the toy world's in-context tasks) or a JSONL file of episodes "
-        "(format: docs/mtv.md).",
+        "(format: docs/guide/mtv.md).",
     ),
 ]
 IclTaskOpt = Annotated[
@@ -133,7 +133,7 @@ def fit(
 def run(
     directory: Annotated[Path, typer.Argument(help="A task vector saved by `headvec mtv fit`.")],
     data: Annotated[
-        Path | None, typer.Option(help="JSONL of episodes or single turns to answer (docs/mtv.md).")
+        Path | None, typer.Option(help="JSONL of episodes or single turns to answer (docs/guide/mtv.md).")
     ] = None,
     text: Annotated[str | None, typer.Option(help="One query text (instead of --data).")] = None,
     image: Annotated[list[Path] | None, typer.Option(help="Image(s) for --text.")] = None,

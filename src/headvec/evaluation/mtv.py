@@ -265,7 +265,7 @@ def condition_label(name: str) -> str:
 
 
 def render_markdown(results: dict[str, Any], command: str) -> str:
-    """The results as the tables docs/mtv.md shows."""
+    """The results as the tables of docs/results/mtv.md."""
     cfg = results["config"]
     lines = [
         f"Command: `{command}`",

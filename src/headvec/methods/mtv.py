@@ -71,7 +71,7 @@ class _EpisodeRow(BaseModel):
 
 
 def read_episodes_jsonl(path: str | os.PathLike) -> list[IclEpisode]:
-    """Episodes from JSONL (format in docs/mtv.md); image paths are relative to the file.
+    """Episodes from JSONL (format in docs/guide/mtv.md); image paths are relative to the file.
 
     A row is either an episode ``{"shots": [turn, ...], "query": turn, "task": optional}`` or a single
     turn ``{"text", "image"/"images", "answer"}`` (an episode without shots). A turn is

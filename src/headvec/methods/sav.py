@@ -10,8 +10,8 @@ Head scoring runs over all heads at once (one einsum), never a Python loop per h
 - ``"leave_in"`` (the published one): an example counts towards its own class centroid. With few shots
   per class this is optimistic, and at one shot every head scores 100% (each example *is* its centroid).
 - ``"leave_one_out"`` (default): each example is scored against centroids computed without itself, so
-  the ranking measures generalisation; it needs at least two examples per class. ``docs/sav.md`` compares
-  the two.
+  the ranking measures generalisation; it needs at least two examples per class.
+  ``docs/results/sav.md`` compares the two.
 
 Ties in the head ranking are broken by the mean cosine margin between the right class and the best
 other class, then by (layer, head); ties in the vote go to the class named by the best-ranked head.
