@@ -223,7 +223,7 @@ def measure_speed(name: str, workdir: Path, reps: int, warmup: int) -> dict[str,
         "stop_early": ("headvec_all", "headvec_all_default"),
     }
     pairs |= {key: (key, info["reference"]) for key, info in libraries.items() if info["status"] == "ok"}
-    # The overhead target (3 %) is finer than one round's noise: it gets twice the rounds.
+    # The capture overhead (a few %) is finer than one round's noise: it gets twice the rounds.
     pair_reps = {key: 2 * reps if key == "overhead" else reps for key in pairs}
     comparisons = {}
     gate = QuietGate()  # one waiting budget for the whole process
