@@ -119,7 +119,7 @@ def test_heavy_dependencies_are_extras_and_test_installs_them_all():
     for extra, package in EXTRAS.values():
         assert any(dep.startswith(package) for dep in extras[extra]), (extra, package)
     named = {e for dep in extras["test"] if dep.startswith("headvec[") for e in dep[8:-1].split(",")}
-    assert named == {"serve", "ray", "trl", "plot", "openai"}
+    assert named == {"serve", "ray", "trl", "plot", "openai", "docs"}
 
 
 def test_debug_env_shows_the_traceback(monkeypatch, tmp_path):
