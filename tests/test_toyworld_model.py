@@ -125,6 +125,19 @@ def test_training_stream_covers_every_question_type_and_in_context_task():
     assert {i.language for i in items} == set(LANGUAGES)
 
 
+def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
+    from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
+
+    config = TrainConfig(steps=20 * CHUNK_STEPS, binding_fraction=0.5)
+
+    def share(items, task):
+        return sum(i.task == task for i in items) / len(items)
+
+    early, late = _chunk_items(config, 0), _chunk_items(config, 15)
+    assert share(early, "vqa") > share(late, "vqa") + 0.1
+    assert share(late, "judge") > share(early, "judge") + 0.1
+
+
 def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
     config = TrainConfig(
         steps=4,

@@ -49,13 +49,23 @@ from headvec.toyworld.tasks import (
     make_vqa,
 )
 
-# Share of each task in the training stream (in-context episodes are longer, so fewer of them).
+# Share of each task in the training stream (in-context episodes are longer, so fewer of them). Every
+# skill needs thousands of examples per language before it is learned, and the judge needs the VQA
+# lookups first: the first ``binding_fraction`` of the steps is VQA-heavy, the rest judge-heavy.
+BINDING_MIXTURE = {
+    "vqa": 0.5,
+    "judge": 0.12,
+    "icl": 0.1,
+    "cot": 0.08,
+    "caption": 0.06,
+    "scene_graph": 0.14,
+}
 DEFAULT_MIXTURE = {
     "vqa": 0.3,
-    "judge": 0.3,
-    "icl": 0.12,
+    "judge": 0.35,
+    "icl": 0.1,
     "cot": 0.1,
-    "caption": 0.06,
+    "caption": 0.03,
     "scene_graph": 0.12,
 }
 GENERATORS = {
@@ -71,9 +81,9 @@ GENERATORS = {
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 6500
+    steps: int = 9000
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 8e-4
     align_steps: int = 600
     align_lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -89,6 +99,8 @@ class TrainConfig:
     aux_weight: float = 0.5
     languages: tuple[str, ...] = LANGUAGES
     mixture: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
+    binding_mixture: dict[str, float] = field(default_factory=lambda: dict(BINDING_MIXTURE))
+    binding_fraction: float = 0.3
 
 
 @dataclass
@@ -137,12 +149,14 @@ def _chunk_items(config: TrainConfig, chunk: int) -> list:
     The generators balance question types (and in-context tasks) within one call, so they must be
     asked for many items at once: one item per call would always be the first type.
     """
-    key = (config.seed, chunk, config.batch_size, tuple(config.mixture.items()), config.languages)
+    early = chunk * CHUNK_STEPS < config.binding_fraction * config.steps
+    mixture = config.binding_mixture if early else config.mixture
+    key = (config.seed, chunk, config.batch_size, tuple(mixture.items()), config.languages)
     if _chunk_items.cache[0] != key:
         rng = random.Random(f"toyworld-train/{config.seed}/{chunk}")
         slots = rng.choices(
-            [(task, language) for task in config.mixture for language in config.languages],
-            weights=[w for w in config.mixture.values() for _ in config.languages],
+            [(task, language) for task in mixture for language in config.languages],
+            weights=[w for w in mixture.values() for _ in config.languages],
             k=CHUNK_STEPS * config.batch_size,
         )
         items = []

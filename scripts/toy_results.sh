@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Rerun every published result that uses the shipped toy model, writing into docs/ (and runs/ for
+# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness]  (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hv=".venv/bin/headvec"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+parts=("${@:-eval sav mtv rm harness}")
+want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
+
+if want eval; then
+  mkdir -p docs/toyworld
+  $hv toyworld eval toy --n 400 --threads 1 --device cpu --out docs/toyworld/eval.json
+  $hv toyworld diagnose toy --threads 1 --device cpu --out docs/toyworld/diagnosis.json
+fi
+if want sav; then
+  $hv sav eval toy --task toy-color,toy-shape,toy-count,toy-match --out docs/sav/toy --threads 1 --device cpu
+fi
+if want mtv; then
+  $hv mtv eval toy --task toy-icl --out runs/mtv-eval --scaling 1,2,5,10,25,100 --threads 1 --device cpu
+  $hv mtv eval toy --task toy-icl --out runs/mtv-eval-first-word --scaling 1,2,5,10,25,100 \
+    --match first-word --threads 1 --device cpu
+fi
+if want rm; then
+  $hv rm eval toy --out docs/rm/toy --n-fit 40 --n-test 400 --steps 600 --device cpu
+  $hv rm eval toy --out docs/rm/toy-debiased --n-fit 40 --n-test 400 --steps 600 --debias \
+    --methods activation_rm,sav_voting,icl_judge --device cpu
+fi
+if want harness; then
+  .venv/bin/python -c 'from headvec.toyworld import export; export("runs/toy-prefs", 0, {"train": 40, "test": 300}, splits=("train", "test"), tasks=("preference",))'
+  for lang in en xx yy zz; do
+    data="runs/toy-prefs/vlrewardbench.test.$lang.jsonl"
+    $hv bench run vlrewardbench --rm judge:toy --template toyworld --data "$data" --out "runs/h-judge-$lang" --device cpu
+    $hv bench run vlrewardbench --rm judge-score:toy --template toyworld --data "$data" --out "runs/h-score-$lang" --device cpu
+  done
+  $hv rm fit toy runs/toy-prefs/preference.train.en.jsonl --format toy --out runs/rm-toy-all --device cpu
+  $hv bench run vlrewardbench --rm artifact:runs/rm-toy-all --data runs/toy-prefs/vlrewardbench.test.en.jsonl \
+    --out runs/h-actrm-en --device cpu
+fi
