@@ -49,16 +49,15 @@ from headvec.toyworld.tasks import (
     make_vqa,
 )
 
-# Share of each task in the training stream (in-context episodes are longer, so fewer of them). Every
-# skill needs thousands of examples per language before it is learned, and the judge needs the VQA
-# lookups first: the first ``binding_fraction`` of the steps is VQA-heavy, the rest judge-heavy.
+# Share of each task in the training stream (in-context episodes are longer, so fewer of them). A
+# skill is learned only once it has seen thousands of its examples, and the yes/no verdicts need the
+# lookups first: the first ``binding_fraction`` of the steps is VQA (the lookups, in every language)
+# with only a little of the long tasks; the rest mixes everything, judge-heavy.
 BINDING_MIXTURE = {
-    "vqa": 0.5,
-    "judge": 0.12,
-    "icl": 0.1,
-    "cot": 0.08,
-    "caption": 0.06,
-    "scene_graph": 0.14,
+    "vqa": 0.8,
+    "icl": 0.05,
+    "caption": 0.05,
+    "scene_graph": 0.1,
 }
 DEFAULT_MIXTURE = {
     "vqa": 0.3,
@@ -81,9 +80,9 @@ GENERATORS = {
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 9000
+    steps: int = 8000
     batch_size: int = 32
-    lr: float = 8e-4
+    lr: float = 6e-4
     align_steps: int = 600
     align_lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -100,7 +99,7 @@ class TrainConfig:
     languages: tuple[str, ...] = LANGUAGES
     mixture: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
     binding_mixture: dict[str, float] = field(default_factory=lambda: dict(BINDING_MIXTURE))
-    binding_fraction: float = 0.3
+    binding_fraction: float = 0.25
 
 
 @dataclass
