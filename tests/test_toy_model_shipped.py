@@ -41,9 +41,14 @@ def test_plain_transformers_loads_it_and_counts_objects_in_images():
 
 def test_the_toy_alias_loads_through_headvec_and_its_heads_can_be_captured():
     loaded = load("toy", device="cpu")
-    assert loaded.is_multimodal and loaded.arch.n_layers == 6 and loaded.arch.n_heads == 8
+    text_config = loaded.model.config.text_config
+    assert loaded.is_multimodal
+    assert (loaded.arch.n_layers, loaded.arch.n_heads) == (
+        text_config.num_hidden_layers,
+        text_config.num_attention_heads,
+    )
     question = ask_many(derived_rng(8, "shipped-test", "test"), 1, ("color",), "test")[0]
     prompt = loaded.build_prompt(question.question, [render(question.scene)])
     capture = HeadEngine(loaded).capture([prompt], positions=-1)
-    assert capture.heads.shape == (1, 6, 8, loaded.arch.head_dim)
+    assert capture.heads.shape == (1, loaded.arch.n_layers, loaded.arch.n_heads, loaded.arch.head_dim)
     assert torch.isfinite(capture.heads).all()

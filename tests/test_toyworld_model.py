@@ -207,3 +207,22 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_binding_diagnosis_reports_every_layer_and_head():
+    from headvec.models import LoadedModel
+    from headvec.toyworld.diagnose import binding_diagnosis
+    from headvec.toyworld.model import build_config, build_model
+
+    processor = build_processor()
+    torch.manual_seed(0)
+    model = build_model(build_config(processor.tokenizer, 32, 3, 2)).eval()
+    attention_implementation = model.config._attn_implementation
+    report = binding_diagnosis(LoadedModel.from_model(model, processor), n=48, batch_size=16)
+    assert len(report["residual_probe_by_layer"]) == 3
+    attention = torch.tensor(report["attention_to_cell"])
+    assert attention.shape == (3, 2)
+    assert ((attention > 0) & (attention < 1)).all()  # a real share of each head's attention
+    assert sorted(report["accuracy_by_objects"]) == [1, 2, 3, 4]
+    assert set(report["vision_probe"]) == {"color", "shape", "size"}
+    assert model.config._attn_implementation == attention_implementation  # the eager switch is undone

@@ -47,7 +47,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds a checkpoint).")],
     steps: Annotated[int | None, typer.Option(help="Training steps (default: the shipped recipe's).")] = None,
     seed: int = 0,
-    threads: ThreadsOpt = 1,
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Train the toy model on CPU from freshly generated data; kill and rerun the same command to resume."""
     from headvec.toyworld.train import TrainConfig
