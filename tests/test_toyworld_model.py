@@ -118,17 +118,26 @@ def test_training_stream_covers_every_question_type_and_in_context_task():
     from headvec.toyworld.tasks import QTYPES
     from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
 
-    items = _chunk_items(TrainConfig(), 0)
-    assert len(items) == CHUNK_STEPS * TrainConfig().batch_size
+    config = TrainConfig()
+    items = _chunk_items(config, int(0.5 * config.steps) // CHUNK_STEPS)  # in the full mixture
+    assert len(items) == CHUNK_STEPS * config.batch_size
     assert {i.meta["qtype"] for i in items if i.task == "vqa"} == set(QTYPES)
     assert {i.icl_task for i in items if i.task == "icl"} == {"color", "shape", "size", "count"}
     assert {i.language for i in items} == set(LANGUAGES)
 
 
+def test_training_starts_with_dense_english_attribute_questions():
+    from headvec.toyworld.train import _chunk_items
+
+    items = _chunk_items(TrainConfig(), 0)
+    assert {(i.task, i.meta["qtype"]) for i in items} == {("vqa", q) for q in ("color", "shape", "size")}
+    assert {i.language for i in items} == {"en"}
+
+
 def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
     from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
 
-    config = TrainConfig(steps=20 * CHUNK_STEPS, binding_fraction=0.5)
+    config = TrainConfig(steps=20 * CHUNK_STEPS, attribute_fraction=0.0, binding_fraction=0.5)
 
     def share(items, task):
         return sum(i.task == task for i in items) / len(items)

@@ -398,10 +398,17 @@ def _question_item(task: str, q: Question, prompt: str, answer: str) -> Item:
     return Item(task=task, scene=q.scene, prompt=prompt, answer=answer, meta=meta)
 
 
-def make_vqa(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Item]:
-    """Short answers to attribute, counting, existence and relation questions (qtypes balanced)."""
+def make_vqa(
+    rng: Rng,
+    n: int,
+    language: str = "en",
+    *,
+    split: str | None = None,
+    qtypes: Sequence[str] = QTYPES,
+) -> list[Item]:
+    """Short answers to attribute, counting, existence and relation questions (``qtypes`` balanced)."""
     rng = as_rng(rng)
-    items = [_question_item("vqa", q, q.question, q.answer) for q in ask_many(rng, n, QTYPES, split)]
+    items = [_question_item("vqa", q, q.question, q.answer) for q in ask_many(rng, n, qtypes, split)]
     return _finish(items, language)
 
 

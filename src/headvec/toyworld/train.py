@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,9 +51,12 @@ from headvec.toyworld.tasks import (
 )
 
 # Share of each task in the training stream (in-context episodes are longer, so fewer of them). A
-# skill is learned only once it has seen thousands of its examples, and the yes/no verdicts need the
-# lookups first: the first ``binding_fraction`` of the steps is VQA (the lookups, in every language)
-# with only a little of the long tasks; the rest mixes everything, judge-heavy.
+# skill leaves the answer prior only when its examples are dense in the batches, and the yes/no verdicts
+# need the lookups first, so training runs in three phases:
+# 1. the first ``attribute_fraction`` of the steps: colour, shape and size questions in English only;
+# 2. up to ``binding_fraction``: every VQA question type in every language, a little of the long tasks;
+# 3. the rest: every task, judge-heavy.
+ATTRIBUTE_MIXTURE = {"attribute_vqa": 1.0}
 BINDING_MIXTURE = {
     "vqa": 0.8,
     "icl": 0.05,
@@ -69,6 +73,7 @@ DEFAULT_MIXTURE = {
 }
 GENERATORS = {
     "vqa": make_vqa,
+    "attribute_vqa": partial(make_vqa, qtypes=("color", "shape", "size")),
     "judge": make_judge,
     "icl": make_icl,
     "cot": make_cot,
@@ -99,7 +104,10 @@ class TrainConfig:
     languages: tuple[str, ...] = LANGUAGES
     mixture: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIXTURE))
     binding_mixture: dict[str, float] = field(default_factory=lambda: dict(BINDING_MIXTURE))
-    binding_fraction: float = 0.25
+    binding_fraction: float = 0.3
+    attribute_mixture: dict[str, float] = field(default_factory=lambda: dict(ATTRIBUTE_MIXTURE))
+    attribute_fraction: float = 0.1
+    attribute_languages: tuple[str, ...] = ("en",)
 
 
 @dataclass
@@ -142,20 +150,28 @@ def as_conversation(item) -> Conversation:
 CHUNK_STEPS = 50  # items are generated for this many steps at once, so every task's types stay balanced
 
 
+def _phase(config: TrainConfig, step: int) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The task mixture and the languages of ``step``."""
+    if step < config.attribute_fraction * config.steps:
+        return config.attribute_mixture, config.attribute_languages
+    if step < config.binding_fraction * config.steps:
+        return config.binding_mixture, config.languages
+    return config.mixture, config.languages
+
+
 def _chunk_items(config: TrainConfig, chunk: int) -> list:
     """All items of ``CHUNK_STEPS`` steps, shuffled: a function of (seed, chunk) only.
 
     The generators balance question types (and in-context tasks) within one call, so they must be
     asked for many items at once: one item per call would always be the first type.
     """
-    early = chunk * CHUNK_STEPS < config.binding_fraction * config.steps
-    mixture = config.binding_mixture if early else config.mixture
-    key = (config.seed, chunk, config.batch_size, tuple(mixture.items()), config.languages)
+    mixture, languages = _phase(config, chunk * CHUNK_STEPS)
+    key = (config.seed, chunk, config.batch_size, tuple(mixture.items()), languages)
     if _chunk_items.cache[0] != key:
         rng = random.Random(f"toyworld-train/{config.seed}/{chunk}")
         slots = rng.choices(
-            [(task, language) for task in mixture for language in config.languages],
-            weights=[w for w in mixture.values() for _ in config.languages],
+            [(task, language) for task in mixture for language in languages],
+            weights=[w for w in mixture.values() for _ in languages],
             k=CHUNK_STEPS * config.batch_size,
         )
         items = []
