@@ -320,6 +320,24 @@ def test_tasks_keep_their_difficulty(data):
         assert any(color == c or shape == s for c, s in present)
 
 
+def test_yes_no_questions_carry_the_fact_they_turn_on(data):
+    """The training hints: the size of the object an existence question names, the pair's true relation."""
+    from headvec.toyworld.scenes import relation
+
+    existence = [i for i in data["vqa"] if i.meta["qtype"] == "exist"]
+    relations = [i for i in data["vqa"] if i.meta["qtype"] == "relation_yesno"]
+    assert len(existence) > 10 and len(relations) > 10
+    for item in existence:
+        color, shape = re.fullmatch(r"is there a (\w+) (\w+) \?", item.prompt).groups()
+        sizes = {o.size for o in item.scene.objects if (o.color, o.shape) == (color, shape)}
+        assert item.meta.get("hint") in (sizes if item.answer == "yes" else {None})
+    for item in relations:
+        asked = next(r for r in ("left of", "right of", "above", "below") if f" {r} " in item.prompt)
+        true = {relation(a, b) for a in item.scene.objects for b in item.scene.objects if a != b} - {None}
+        assert item.meta["hint"] in true
+        assert (item.meta["hint"] == asked) == (item.answer == "yes")
+
+
 def test_preference_pairs(data):
     pairs = data["preference"]
     categories = Counter(p.category for p in pairs)

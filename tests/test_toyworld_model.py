@@ -77,6 +77,48 @@ def test_judge_items_ask_the_middle_layer_for_the_gold_answer_at_the_candidate(l
         assert all(labels[i] == -100 for i, _ in targets)  # the main loss never sees them
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_verify_phase_asks_for_the_verdict_right_after_the_candidate(language):
+    tokenizer = build_processor().tokenizer
+
+    def token(text: str) -> int:
+        return tokenizer(text, add_special_tokens=False)["input_ids"][0]
+
+    for item in make_judge(random.Random(4), 20, language):
+        candidate = tokenizer(item.candidate, add_special_tokens=False)["input_ids"]
+        gold = tokenizer(translate(item.meta["gold"], language), add_special_tokens=False)["input_ids"]
+        plain_ids, plain_labels, _ = encode_conversation(tokenizer, as_conversation(item))
+        input_ids, labels, aux = encode_conversation(tokenizer, as_conversation(item, verify=True))
+        assert input_ids == plain_ids
+        extra = [i for i, (a, b) in enumerate(zip(plain_labels, labels, strict=True)) if a != b]
+        assert len(extra) == 1  # one extra target, the verdict, where the candidate ends
+        assert labels[extra[0]] == token(item.answer)
+        start = extra[0] - len(candidate)
+        assert input_ids[start : extra[0]] == candidate
+        # the gold answer is predicted *from* the candidate's own tokens (targets one to the right)
+        shared = min(len(gold), len(candidate))
+        assert [(i, t) for i, t in enumerate(aux) if t != -100] == list(
+            zip(range(start + 1, start + 1 + shared), gold[:shared], strict=True)
+        )
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_verify_phase_asks_yes_no_questions_for_their_intermediate_fact(language):
+    tokenizer = build_processor().tokenizer
+    question_mark = tokenizer("?", add_special_tokens=False)["input_ids"][0]
+    items = make_vqa(random.Random(5), 24, language, qtypes=("exist", "relation_yesno"))
+    assert {"yes", "no"} == {i.meta["label"] for i in items}
+    for item in items:
+        input_ids, _, aux = encode_conversation(tokenizer, as_conversation(item, verify=True))
+        targets = [(i, t) for i, t in enumerate(aux) if t != -100]
+        if "hint" not in item.meta:  # an existence question whose object is absent: nothing to look up
+            assert item.meta["qtype"] == "exist" and item.meta["label"] == "no"
+            assert targets == []
+            continue
+        hint = tokenizer(translate(item.meta["hint"], language), add_special_tokens=False)["input_ids"]
+        assert targets == [(len(input_ids) - 1 - input_ids[::-1].index(question_mark), hint[0])]
+
+
 def test_vqa_answers_are_auxiliary_targets_too():
     tokenizer = build_processor().tokenizer
     item = make_vqa(random.Random(0), 1, "yy")[0]
@@ -134,6 +176,28 @@ def test_training_starts_with_dense_english_attribute_questions():
     assert {i.language for i in items} == {"en"}
 
 
+def test_the_verify_phase_restarts_the_learning_rate_and_turns_the_hints_on():
+    from headvec.toyworld.train import _phase, learning_rate
+
+    config = TrainConfig(
+        steps=1000, verify_steps=500, judge_steps=300, lr=1e-3, verify_lr=2e-4, judge_lr=3e-4, warmup_steps=20
+    )
+    assert learning_rate(config, 999) == pytest.approx(config.lr * config.min_lr_ratio, rel=1e-3)
+    assert learning_rate(config, 1000) < learning_rate(config, 1019) == pytest.approx(config.verify_lr)
+    assert learning_rate(config, 1499) == pytest.approx(config.verify_lr * config.min_lr_ratio, rel=1e-2)
+    assert learning_rate(config, 1500) < learning_rate(config, 1519) == pytest.approx(config.judge_lr)
+    assert learning_rate(config, 1799) == pytest.approx(config.judge_lr * config.min_lr_ratio, rel=1e-2)
+    assert [_phase(config, s)[0] for s in (999, 1000, 1500)] == [
+        config.mixture,
+        config.verify_mixture,
+        config.judge_mixture,
+    ]
+    judged = [c for c in sample_batch(config, 999) if c.candidate_hint]
+    verified = [c for c in sample_batch(config, 1000) if c.candidate_hint]
+    assert judged and verified
+    assert {c.verdict for c in judged} == {None} and None not in {c.verdict for c in verified}
+
+
 def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
     from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
 
@@ -147,17 +211,11 @@ def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
     assert share(late, "judge") > share(early, "judge") + 0.1
 
 
+TINY_RUN = dict(batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, align_steps=2)
+
+
 def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
-    config = TrainConfig(
-        steps=4,
-        batch_size=4,
-        hidden_size=32,
-        n_layers=2,
-        n_heads=2,
-        aux_layer=1,
-        checkpoint_every=10,
-        align_steps=2,
-    )
+    config = TrainConfig(steps=4, verify_steps=2, judge_steps=1, checkpoint_every=10, **TINY_RUN)
     whole = train(tmp_path / "whole", config, progress=False)
     assert train(tmp_path / "paused", config, until_step=2, progress=False) is None
     resumed = train(tmp_path / "paused", config, progress=False)
@@ -166,13 +224,11 @@ def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
     log = json.loads((tmp_path / "whole" / "train_log.json").read_text())["log"]
-    assert log[0]["step"] == 0 and log[-1]["step"] == 3
+    assert log[0]["step"] == 0 and log[-1]["step"] == 6
 
 
 def test_a_finished_run_can_be_extended_but_not_changed(tmp_path):
-    small = dict(
-        batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, checkpoint_every=10, align_steps=2
-    )
+    small = dict(verify_steps=0, judge_steps=0, checkpoint_every=10, **TINY_RUN)
     train(tmp_path / "run", TrainConfig(steps=3, **small), progress=False)
     extended = train(tmp_path / "run", TrainConfig(steps=5, **small), progress=False)
     log = json.loads((extended.parent / "train_log.json").read_text())["log"]
@@ -190,10 +246,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     import sys
     import time
 
-    settings = dict(
-        steps=12, batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, checkpoint_every=2,
-        align_steps=2,
-    )  # fmt: skip
+    settings = dict(steps=12, verify_steps=0, judge_steps=0, checkpoint_every=2, **TINY_RUN)
     script = (
         "import sys, torch; torch.set_num_threads(1)\n"
         "from headvec.toyworld.train import TrainConfig, train\n"

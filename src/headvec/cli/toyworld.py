@@ -45,7 +45,10 @@ def export(
 @user_errors
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds a checkpoint).")],
-    steps: Annotated[int | None, typer.Option(help="Training steps (default: the shipped recipe's).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Steps before the verify phase (default: the recipe's); more extends a run."),
+    ] = None,
     seed: int = 0,
     threads: ThreadsOpt = 0,
 ) -> None:

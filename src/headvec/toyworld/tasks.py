@@ -27,6 +27,7 @@ from headvec.toyworld.scenes import (
     Obj,
     Scene,
     make_scene,
+    relation,
     render,
     sample_in_split,
     sample_scene,
@@ -255,7 +256,8 @@ def _ask_exist(rng: random.Random, yes: bool) -> Question:
         ]
         color, shape = rng.choice(near)
     question = f"is there a {color} {shape} ?"
-    return Question(scene=scene, qtype="exist", question=question, answer="yes" if yes else "no")
+    focus = tuple(i for i, o in enumerate(scene.objects) if (o.color, o.shape) == (color, shape))
+    return Question(scene=scene, qtype="exist", question=question, answer="yes" if yes else "no", focus=focus)
 
 
 def _ask_relation(rng: random.Random) -> Question | None:
@@ -393,8 +395,22 @@ def make_caption(rng: Rng, n: int, language: str = "en", *, split: str | None = 
     return _finish(items, language)
 
 
+def lookup_hint(q: Question) -> str | None:
+    """The intermediate fact a yes/no question turns on, in English, for training's auxiliary loss:
+    the size of the object an existence question names (when it is there), the true relation of the
+    pair a relation question names. None for other questions."""
+    if q.qtype == "exist" and q.focus:
+        return q.scene.objects[q.focus[0]].size
+    if q.qtype == "relation_yesno":
+        i, j = q.focus
+        return relation(q.scene.objects[i], q.scene.objects[j])
+    return None
+
+
 def _question_item(task: str, q: Question, prompt: str, answer: str) -> Item:
     meta = {"qtype": q.qtype, "label": q.answer}
+    if (hint := lookup_hint(q)) is not None:
+        meta["hint"] = hint
     return Item(task=task, scene=q.scene, prompt=prompt, answer=answer, meta=meta)
 
 

@@ -42,6 +42,7 @@ from headvec.toyworld.model import (
 )
 from headvec.toyworld.scenes import render, sample_scene
 from headvec.toyworld.tasks import (
+    YES_NO_QTYPES,
     JudgeItem,
     make_caption,
     make_cot,
@@ -52,10 +53,13 @@ from headvec.toyworld.tasks import (
 
 # Share of each task in the training stream (in-context episodes are longer, so fewer of them). A
 # skill leaves the answer prior only when its examples are dense in the batches, and the yes/no verdicts
-# need the lookups first, so training runs in three phases:
+# need the lookups first, so training runs in five phases:
 # 1. the first ``attribute_fraction`` of the steps: colour, shape and size questions in English only;
 # 2. up to ``binding_fraction``: every VQA question type in every language, a little of the long tasks;
-# 3. the rest: every task, judge-heavy.
+# 3. up to ``steps``: every task, judge-heavy;
+# 4. ``verify_steps`` more at a fresh learning rate: every task, with the yes/no verdicts' intermediate
+#    facts as extra targets (see :class:`Conversation`), which the verdicts do not find on their own;
+# 5. ``judge_steps`` more at a fresh learning rate, judge-denser, the same targets.
 ATTRIBUTE_MIXTURE = {"attribute_vqa": 1.0}
 BINDING_MIXTURE = {
     "vqa": 0.8,
@@ -71,9 +75,27 @@ DEFAULT_MIXTURE = {
     "caption": 0.03,
     "scene_graph": 0.12,
 }
+VERIFY_MIXTURE = {
+    "vqa": 0.25,
+    "yes_no_vqa": 0.15,
+    "judge": 0.35,
+    "icl": 0.08,
+    "cot": 0.08,
+    "caption": 0.02,
+    "scene_graph": 0.07,
+}
+JUDGE_MIXTURE = {
+    "vqa": 0.15,
+    "yes_no_vqa": 0.1,
+    "judge": 0.55,
+    "icl": 0.05,
+    "cot": 0.08,
+    "scene_graph": 0.07,
+}
 GENERATORS = {
     "vqa": make_vqa,
     "attribute_vqa": partial(make_vqa, qtypes=("color", "shape", "size")),
+    "yes_no_vqa": partial(make_vqa, qtypes=YES_NO_QTYPES),
     "judge": make_judge,
     "icl": make_icl,
     "cot": make_cot,
@@ -108,6 +130,16 @@ class TrainConfig:
     attribute_mixture: dict[str, float] = field(default_factory=lambda: dict(ATTRIBUTE_MIXTURE))
     attribute_fraction: float = 0.1
     attribute_languages: tuple[str, ...] = ("en",)
+    verify_steps: int = 3000
+    verify_lr: float = 3e-4
+    verify_mixture: dict[str, float] = field(default_factory=lambda: dict(VERIFY_MIXTURE))
+    judge_steps: int = 3000
+    judge_lr: float = 3e-4
+    judge_mixture: dict[str, float] = field(default_factory=lambda: dict(JUDGE_MIXTURE))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.verify_steps + self.judge_steps
 
 
 @dataclass
@@ -117,6 +149,11 @@ class Conversation:
     ``answer_hint``: the last answer is also a target of the auxiliary (middle-layer) loss.
     ``candidate_hint``: (candidate, gold) of a judge item: the candidate's tokens in the user text get
     the gold answer's tokens as auxiliary targets.
+    ``verdict``: a judge item's yes/no is also the (final-layer) target at the candidate's last token,
+    and the gold answer's auxiliary targets move onto the candidate's own tokens: the comparison then
+    has both its operands in one residual stream.
+    ``lookup_hint``: the fact a yes/no question turns on (see :func:`~headvec.toyworld.tasks.lookup_hint`)
+    is the auxiliary target at the question's last word.
     """
 
     turns: list[tuple[int, str, str]]  # (number of images, user text, answer)
@@ -124,10 +161,12 @@ class Conversation:
     language: str = "en"
     answer_hint: bool = False
     candidate_hint: tuple[str, str] | None = None
+    verdict: str | None = None
+    lookup_hint: str | None = None
 
 
-def as_conversation(item) -> Conversation:
-    """Any toy-world training item as a chat conversation."""
+def as_conversation(item, verify: bool = False) -> Conversation:
+    """Any toy-world training item as a chat conversation (``verify``: with the targets of phases 4-5)."""
     if isinstance(item, Episode):
         shots = [*item.shots, item.query]
         return Conversation(
@@ -138,12 +177,16 @@ def as_conversation(item) -> Conversation:
     hint = None
     if isinstance(item, JudgeItem):
         hint = (item.candidate, translate(item.meta["gold"], item.language))
+    yes_no = item.meta.get("qtype") in YES_NO_QTYPES
+    lookup = item.meta.get("hint")
     return Conversation(
         turns=[(1, item.prompt, item.answer)],
         images=[item.image(IMAGE_SIZE)],
         language=item.language,
-        answer_hint=item.task == "vqa",
+        answer_hint=item.task == "vqa" and not (verify and yes_no),
         candidate_hint=hint,
+        verdict=item.answer if verify and isinstance(item, JudgeItem) else None,
+        lookup_hint=translate(lookup, item.language) if verify and lookup and item.task == "vqa" else None,
     )
 
 
@@ -156,7 +199,11 @@ def _phase(config: TrainConfig, step: int) -> tuple[dict[str, float], tuple[str,
         return config.attribute_mixture, config.attribute_languages
     if step < config.binding_fraction * config.steps:
         return config.binding_mixture, config.languages
-    return config.mixture, config.languages
+    if step < config.steps:
+        return config.mixture, config.languages
+    if step < config.steps + config.verify_steps:
+        return config.verify_mixture, config.languages
+    return config.judge_mixture, config.languages
 
 
 def _chunk_items(config: TrainConfig, chunk: int) -> list:
@@ -190,7 +237,8 @@ def sample_batch(config: TrainConfig, step: int) -> list[Conversation]:
     """The batch of ``step``: a function of (seed, step) only, so resuming replays it exactly."""
     items = _chunk_items(config, step // CHUNK_STEPS)
     start = (step % CHUNK_STEPS) * config.batch_size
-    return [as_conversation(item) for item in items[start : start + config.batch_size]]
+    verify = step >= config.steps
+    return [as_conversation(item, verify) for item in items[start : start + config.batch_size]]
 
 
 def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int], list[int]]:
@@ -206,20 +254,27 @@ def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int
         user = ids("USER:" + " <image>" * n_images + f" {user_text} ASSISTANT:")
         user = [t for token in user for t in ([token] * IMAGE_TOKENS if token == image_id else [token])]
         reply = ids(f" {answer} </s>")
-        user_aux = [-100] * len(user)
+        user_aux, user_labels = [-100] * len(user), [-100] * len(user)
         if conversation.candidate_hint is not None:
             candidate, gold = (ids(text) for text in conversation.candidate_hint)
             marker = ids(f"{lexicon(conversation.language)['answer']} :")
             starts = [i for i in range(len(user)) if user[i : i + len(marker)] == marker]
             start = starts[-1] + len(marker) if starts else -1
-            if (
-                start >= 0
-                and len(gold) == len(candidate)
-                and user[start : start + len(candidate)] == candidate
-            ):
-                user_aux[start : start + len(gold)] = gold
+            end = start + len(candidate)
+            if start >= 0 and user[start:end] == candidate and end < len(user):
+                if conversation.verdict is None and len(gold) == len(candidate):
+                    user_aux[start:end] = gold  # predicted where the candidate is about to be read
+                elif conversation.verdict is not None:
+                    # the verify phase: each candidate token predicts the gold one, so the looked-up
+                    # answer and the candidate meet in one residual stream, where the verdict is asked
+                    user_aux[start + 1 : start + 1 + min(len(gold), len(candidate))] = gold[: len(candidate)]
+                    user_labels[end] = ids(conversation.verdict)[0]
+        if conversation.lookup_hint is not None:
+            marks = [i for i, token in enumerate(user) if token == ids("?")[0]]
+            if marks:
+                user_aux[marks[-1]] = ids(conversation.lookup_hint)[0]
         input_ids += user + reply
-        labels += [-100] * len(user) + reply
+        labels += user_labels + reply
         aux += user_aux + ([*reply[:-1], -100] if conversation.answer_hint else [-100] * len(reply))
     return input_ids, labels, aux
 
@@ -341,12 +396,20 @@ def align_vision(model, processor, config: TrainConfig, progress: bool = True) -
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak; the verify and judge phases
+    (steps from ``config.steps`` on) each have their own warm-up and decay from their own peak."""
+    peak, length = config.lr, config.steps
+    if step >= config.steps + config.verify_steps:
+        peak, length = config.judge_lr, config.judge_steps
+        step -= config.steps + config.verify_steps
+    elif step >= config.steps:
+        peak, length, step = config.verify_lr, config.verify_steps, step - config.steps
+    warmup = min(config.warmup_steps, max(1, length // 10))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, length - warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    return peak * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -443,7 +506,11 @@ def train(
         align_vision(model, processor, config, progress)
         log.append({"step": 0, "aligned": True, "seconds": seconds()})
     bar = tqdm(
-        range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress
+        range(start, config.total_steps),
+        initial=start,
+        total=config.total_steps,
+        desc="train",
+        disable=not progress,
     )
     running = None
     for step in bar:
@@ -466,9 +533,9 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
-        if step % 50 == 0 or step == config.steps - 1:
+        if step % 50 == 0 or step == config.total_steps - 1:
             log.append({"step": step, "loss": round(running, 4), "seconds": seconds()})
-        if (step + 1) % config.checkpoint_every == 0 or step == config.steps - 1:
+        if (step + 1) % config.checkpoint_every == 0 or step == config.total_steps - 1:
             save_checkpoint(checkpoint, model, optimizer, step, config, log)
     model.eval()
     save_toy_model(model, processor, out / "model")
