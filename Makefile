@@ -33,6 +33,7 @@ docs: $(call STAMP,test)
 bench: $(call STAMP,bench)
 	$(BIN)/python bench/run.py
 
+# Only the SAV / MTV / reward-model sections, replaced in place in docs/benchmarks.md.
 bench-methods: $(call STAMP,bench)
 	$(BIN)/python bench/run.py --only methods
 

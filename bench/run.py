@@ -444,6 +444,11 @@ def replace_section(text: str, section: str) -> str:
 
 def render_methods(methods: dict[str, Any]) -> str:
     """Markdown of every method section (the workers' render functions import torch: only now)."""
+    return "\n\n".join(method_sections(methods)) + "\n"
+
+
+def method_sections(methods: dict[str, Any]) -> list[str]:
+    """Each method section's markdown, starting with its ``## `` heading."""
     from _mtv import render_section as mtv_section
     from _rm_server import render_rm_server
     from _rm_throughput import render_section as rm_section
@@ -455,7 +460,7 @@ def render_methods(methods: dict[str, Any]) -> str:
         rm_section(methods["rm"]),
         render_rm_server(methods["rm_server"]),
     ]
-    return "\n\n".join("\n".join(lines) for lines in parts) + "\n"
+    return ["\n".join(lines) for lines in parts]
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -467,12 +472,17 @@ def main() -> None:
         "--only",
         choices=["all", "methods", "imports"],
         default="all",
-        help="methods: SAV/MTV/RM only; imports: only the import-time section, replaced in --out",
+        help="methods: only the SAV/MTV/RM sections; imports: only import times; replaced in --out",
     )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     extra = sys.argv[1:]
-    command = "make bench" if not extra else f".venv/bin/python bench/run.py {shlex.join(extra)}"
+    targets = {
+        (): "make bench",
+        ("--only", "methods"): "make bench-methods",
+        ("--only", "imports"): "make bench-imports",
+    }
+    command = targets.get(tuple(extra), f".venv/bin/python bench/run.py {shlex.join(extra)}")
     started, start = dt.datetime.now(dt.UTC), time.perf_counter()
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -486,16 +496,17 @@ def main() -> None:
         print(f"updated the import-time section of {args.out}")
         return
 
-    if args.only == "methods":
-        if args.out == DEFAULT_OUT:  # never overwrite the full report with a partial one
-            args.out = DEFAULT_OUT.with_name("benchmarks-methods.md")
+    if args.only == "methods":  # the method sections are replaced in place, the rest of the report kept
         with tempfile.TemporaryDirectory(prefix="headvec-bench-") as tmp:
-            text = f"Command: `{command}`\n\n# headvec method benchmarks\n\n"
-            text += render_methods(run_methods(args.quick, Path(tmp)))
+            sections = method_sections(run_methods(args.quick, Path(tmp)))
+        text = args.out.read_text() if args.out.is_file() else "# headvec benchmarks\n"
+        for section in sections:
+            lines = section.splitlines()
+            text = replace_section(text, "\n".join([lines[0], "", f"Command: `{command}`", *lines[1:]]))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-        print(text)
-        print(f"wrote {args.out}")
+        print("\n\n".join(sections))
+        print(f"updated the method sections of {args.out}")
         return
 
     with tempfile.TemporaryDirectory(prefix="headvec-bench-") as tmp:
