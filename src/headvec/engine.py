@@ -127,6 +127,7 @@ class HeadEngine:
         self._locations: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, ...]] = {}
         self._tracking_depth = 0
         self._tracking_handle: Any = None
+        self._calls = 0  # top-level forward calls, so a hook that never fired can be told apart
         # No KV cache for single forwards: it only costs memory when nothing is generated.
         accepts_cache = "use_cache" in inspect.signature(self.model.forward).parameters
         self._forward_kwargs = {"use_cache": False} if accepts_cache else {}
@@ -136,6 +137,17 @@ class HeadEngine:
         mask = kwargs.get("attention_mask")
         self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         self._locations = {}
+        self._calls += 1
+
+    def _never_fired(self, layers: Sequence[int]) -> HeadvecError:
+        """The error for attention output projections the forward pass did not call."""
+        shown = ", ".join(str(layer) for layer in layers[:8]) + (" ..." if len(layers) > 8 else "")
+        return HeadvecError(
+            f"{self.loaded.name_or_path}: the forward pass never called {self.arch.hook_path(layers[0])} "
+            f"(layers {shown}), so those heads cannot be read or written; the model computes that "
+            "projection another way (e.g. Bloom with pretraining_tp > 1 and slow_but_exact=True: load it "
+            "with slow_but_exact=False), or register_architecture() names a module it does not call"
+        )
 
     @contextmanager
     def _tracking(self) -> Iterator[None]:
@@ -231,6 +243,9 @@ class HeadEngine:
                 output = None
                 with suppress(_StopForward):
                     output = self.model(**inputs, **self._forward_kwargs)
+                missing = [layer for layer in chosen if layer not in heads]
+                if missing:
+                    raise self._never_fired(missing)
                 picked_logits = None
                 if logits:
                     if getattr(output, "logits", None) is None:
@@ -302,8 +317,11 @@ class HeadEngine:
                 cache[key] = (patch.values.to(x.device, x.dtype), patch.mask.to(x.device))
             return cache[key]
 
+        fired: set[int] = set()
+
         def hook_for(layer: int):
             def hook(module: nn.Module, args: tuple) -> tuple:
+                fired.add(layer)
                 x = args[0]
                 valid, index = self._locations_for(x, wanted)
                 rows, slot = valid.nonzero(as_tuple=True)
@@ -333,6 +351,7 @@ class HeadEngine:
 
         handles = []
         with self._tracking():
+            calls_before = self._calls
             try:
                 for layer in patch.layers:
                     module = self.arch.attn_out(self.model, layer)
@@ -341,6 +360,10 @@ class HeadEngine:
             finally:
                 for handle in handles:
                     handle.remove()
+            # reached only when the body succeeded: a patch that ran but never applied is an error
+            missing = [layer for layer in patch.layers if layer not in fired]
+            if self._calls > calls_before and missing:
+                raise self._never_fired(missing)
 
     # ------------------------------------------------------------------ generate
     @torch.no_grad()

@@ -1,0 +1,60 @@
+"""A head hook that never fires is an error, not a KeyError or a patch that silently does nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+
+from headvec import HeadEngine, HeadPatch
+from headvec.engine import as_prompts
+from headvec.errors import HeadvecError
+from headvec.models import LoadedModel
+from headvec.testing import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return AutoTokenizer.from_pretrained(build_tiny_model("gpt2", tmp_path_factory.mktemp("gpt2")))
+
+
+def _bloom(tokenizer, slow_but_exact: bool) -> LoadedModel:
+    config = BloomConfig(
+        vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4,
+        pretraining_tp=2, slow_but_exact=slow_but_exact,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LoadedModel.from_model(BloomForCausalLM(config), tokenizer, name_or_path="tiny-bloom")
+
+
+def test_capture_names_the_projection_the_model_never_calls(tokenizer):
+    engine = HeadEngine(_bloom(tokenizer, slow_but_exact=True))
+    with pytest.raises(HeadvecError, match=r"never called .*self_attention\.dense.*slow_but_exact=False"):
+        engine.capture(["The quick brown fox"])
+
+
+def test_a_patch_that_never_applies_is_an_error(tokenizer):
+    loaded = _bloom(tokenizer, slow_but_exact=True)
+    engine = HeadEngine(loaded)
+    zeros = HeadPatch.from_heads(
+        {(0, 0): torch.zeros(loaded.arch.head_dim)}, loaded.arch.n_layers, loaded.arch.n_heads
+    )
+    inputs = loaded.encode(as_prompts(["The quick brown fox"]))
+    with pytest.raises(HeadvecError, match="never called"), engine.patch(zeros), torch.no_grad():
+        loaded.model(**inputs)
+
+
+def test_the_standard_path_captures_and_patches(tokenizer):
+    loaded = _bloom(tokenizer, slow_but_exact=False)
+    engine = HeadEngine(loaded)
+    capture = engine.capture(["The quick brown fox"])
+    assert capture.heads.shape == (1, 2, 4, 8)
+    patch = HeadPatch.from_heads(
+        {(0, h): torch.zeros(8) for h in range(4)}, loaded.arch.n_layers, loaded.arch.n_heads
+    )
+    inputs = loaded.encode(as_prompts(["The quick brown fox"]))
+    with torch.no_grad():
+        plain = loaded.model(**inputs).logits
+        with engine.patch(patch):
+            patched = loaded.model(**inputs).logits
+    assert not torch.allclose(plain, patched)  # zeroing every head of layer 0 changes the output
