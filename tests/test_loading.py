@@ -104,3 +104,29 @@ def test_from_model_with_a_processor_is_multimodal(tiny_model_dir):
 def test_repr_is_short():
     text = repr(load("minilm", device="cpu"))
     assert text.startswith("LoadedModel('minilm', BertModel, 6 layers x 12 heads x 32") and len(text) < 100
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            ImportError(
+                "\nPixtralImageProcessorFast requires the Torchvision library but it was not found in your "
+                "environment. Check out the instructions on the\ninstallation page: "
+                "https://pytorch.org/get-started/locally/ and follow the ones that match your environment.\n"
+            ),
+            r"PixtralImageProcessorFast requires the Torchvision library .*\(pip install torchvision\)$",
+        ),
+        (ModuleNotFoundError("No module named 'timm.layers'", name="timm.layers"), r"\(pip install timm\)$"),
+    ],
+)
+def test_a_missing_optional_package_is_one_line_naming_it(monkeypatch, tiny_model_dir, error, expected):
+    """transformers raises a paragraph (Pixtral's processor without torchvision); load says one line."""
+
+    def missing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", missing)
+    with pytest.raises(HeadvecError, match=expected) as caught:
+        load(tiny_model_dir("llama"), device="cpu")
+    assert "\n" not in str(caught.value)

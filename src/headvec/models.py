@@ -8,6 +8,7 @@ with images placed where that template puts them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,7 +387,10 @@ def load(
         "attn_implementation": attn_implementation,
     }
     kwargs |= {k: v for k, v in optional.items() if v is not None}
-    model = model_cls.from_pretrained(path, **kwargs)
+    try:
+        model = model_cls.from_pretrained(path, **kwargs)
+    except ImportError as exc:
+        raise _missing_package(name_or_path, exc) from exc
     placed = device_map is not None or getattr(model, "hf_device_map", None) is not None
     if not placed and not getattr(model, "is_quantized", False):
         model = model.to(resolve_device(device))
@@ -396,9 +400,24 @@ def load(
             owner = AutoProcessor.from_pretrained(path, **files)
         else:
             owner = AutoTokenizer.from_pretrained(path, **files)
+    except ImportError as exc:
+        raise _missing_package(name_or_path, exc) from exc
     except (OSError, ValueError) as exc:
         raise HeadvecError(
             f"cannot load the tokenizer/processor of {name_or_path!r} ({str(exc).splitlines()[0]}); "
             "save it next to the model with save_pretrained"
         ) from exc
     return LoadedModel.from_model(model, owner, name_or_path=str(name_or_path))
+
+
+def _missing_package(name_or_path: str | os.PathLike, exc: ImportError) -> HeadvecError:
+    """One line naming the package a model's code or processor needs (transformers raises a paragraph)."""
+    text = str(exc).strip()
+    named = re.search(r"requires the (\S+) library", text)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        package = exc.name.split(".")[0]
+    else:
+        package = named.group(1).lower() if named else ""
+    first = " ".join(text.split()).split(". ")[0].rstrip(".") if text else type(exc).__name__
+    fix = f"pip install {package}" if package else "install the package it names"
+    return HeadvecError(f"cannot load {str(name_or_path)!r}: {first} ({fix})")
