@@ -17,7 +17,7 @@ POSITIONS = [-1, -3]  # the last real token, and one two steps earlier
 
 
 # head_dim != hidden_size / n_heads on purpose in these: it must come from the projection's shape
-DECOUPLED_HEAD_DIM = {"qwen3", "gemma2", "gemma3_text"}
+DECOUPLED_HEAD_DIM = {"qwen3", "gemma2", "gemma3_text", "deepseek_v3"}
 
 
 @pytest.fixture(scope="module", params=TINY_ARCHITECTURES)
@@ -30,7 +30,8 @@ def test_geometry_read_from_the_projection(tiny):
     config = tiny.model.config.get_text_config(decoder=True)
     assert arch.n_heads == getattr(config, "num_attention_heads", getattr(config, "n_head", None))
     assert arch.n_layers == getattr(config, "num_hidden_layers", getattr(config, "n_layer", None))
-    assert arch.head_dim == getattr(config, "head_dim", None) or arch.hidden_size // arch.n_heads
+    declared = getattr(config, "v_head_dim", None) or getattr(config, "head_dim", None)
+    assert arch.head_dim == (declared or arch.hidden_size // arch.n_heads)
     if arch.model_type in DECOUPLED_HEAD_DIM:
         assert arch.head_dim * arch.n_heads != arch.hidden_size
     # the hooked stack is the language model, never the vision tower

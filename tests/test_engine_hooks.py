@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, BloomForCausalLM
 
 from headvec import HeadEngine, HeadPatch
 from headvec.engine import as_prompts
@@ -58,3 +58,28 @@ def test_the_standard_path_captures_and_patches(tokenizer):
         with engine.patch(patch):
             patched = loaded.model(**inputs).logits
     assert not torch.allclose(plain, patched)  # zeroing every head of layer 0 changes the output
+
+
+def test_an_override_is_checked_on_every_layer(monkeypatch, tmp_path):
+    """A mixed stack (a layer without the projection, like Mllama's cross-attention layers) is refused at
+    load, naming the layers, instead of loading and failing at capture."""
+    from torch import nn
+
+    from headvec import arch as arch_module
+    from headvec.errors import UnknownArchitectureError
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model("llama", tmp_path / "llama"))
+    model.model.layers[1].self_attn.o_proj = nn.Identity()
+    monkeypatch.setitem(arch_module.ARCHITECTURE_OVERRIDES, "llama", ("model.layers", "self_attn.o_proj"))
+    with pytest.raises(UnknownArchitectureError, match=r"layers 1 of model\.layers have no Linear"):
+        arch_module.discover_architecture(model)
+
+
+def test_multi_head_latent_attention_heads_are_v_head_dim_wide(tmp_path):
+    """DeepSeek-V3: config.head_dim is the rotary width (4); the heads that reach o_proj are 12 wide."""
+    from headvec import load
+
+    loaded = load(build_tiny_model("deepseek_v3", tmp_path / "dsv3"), device="cpu")
+    config = loaded.model.config
+    assert (config.head_dim, config.v_head_dim) == (4, 12)
+    assert (loaded.arch.n_heads, loaded.arch.head_dim) == (4, 12)

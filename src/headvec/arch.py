@@ -159,10 +159,19 @@ def discover_architecture(model: nn.Module) -> Architecture:
     name = type(model).__name__
     if model_type in ARCHITECTURE_OVERRIDES:
         layers_path, attn_out = ARCHITECTURE_OVERRIDES[model_type]
-        if not _is_projection(_try_submodule(model, f"{layers_path}.0.{attn_out}")):
+        stack = _try_submodule(model, layers_path)
+        if not isinstance(stack, nn.ModuleList) or len(stack) == 0:
             raise UnknownArchitectureError(
-                f"override for {model_type!r} points at {layers_path}.0.{attn_out}, which is not a "
-                f"Linear layer in {name}; fix it with headvec.register_architecture"
+                f"override for {model_type!r} names {layers_path!r}, which is not a list of layers in "
+                f"{name}; fix it with headvec.register_architecture"
+            )
+        lacking = [i for i, layer in enumerate(stack) if not _is_projection(_try_submodule(layer, attn_out))]
+        if lacking:  # a mixed stack (cross-attention or state-space layers) cannot be hooked uniformly
+            shown = ", ".join(map(str, lacking[:8])) + (" ..." if len(lacking) > 8 else "")
+            raise UnknownArchitectureError(
+                f"override for {model_type!r}: layers {shown} of {layers_path} have no Linear {attn_out} "
+                f"(of {len(stack)} layers; cross-attention or state-space layers?); headvec needs an "
+                "attention output projection in every layer of the stack it hooks"
             )
     else:
         found = _discover(model)
@@ -189,7 +198,9 @@ def discover_architecture(model: nn.Module) -> Architecture:
             f"number of heads for num_attention_heads={n_heads}; {_register_hint(model_type)}"
         )
     head_dim = in_features // n_heads
-    declared = getattr(text_config, "head_dim", None)
+    # Multi-head latent attention (DeepSeek-V2/V3): heads leave the attention at v_head_dim wide, while
+    # head_dim is the rotary part of the query/key.
+    declared = _first_attr(text_config, ("v_head_dim", "head_dim"))
     if isinstance(declared, int) and declared != head_dim:
         raise UnknownArchitectureError(
             f"{name}: config head_dim={declared} but the output projection implies {head_dim}; "

@@ -21,6 +21,7 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    DeepseekV3Config,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
@@ -67,6 +68,7 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     "phi3",
     "gpt2",
     "gpt_neox",
+    "deepseek_v3",
     "llava",
     "llava_onevision",
     "qwen2_vl",
@@ -74,7 +76,7 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     "idefics3",
     "paligemma",
 )
-TEXT_ONLY: frozenset[str] = frozenset(TINY_ARCHITECTURES[:9])
+TEXT_ONLY: frozenset[str] = frozenset(TINY_ARCHITECTURES[:10])
 
 # ---------------------------------------------------------------------------------------------
 # Shared tokenizer
@@ -444,6 +446,22 @@ def _mistral() -> _Built:
     return _text_family(spec, lambda v, ids: MistralConfig(**_text_dims(v, ids)))
 
 
+def _deepseek_v3() -> _Built:
+    spec = _TokSpec(bos="<s>", eos="</s>", pad="<pad>", add_bos=True, chat_template=_MISTRAL_TEMPLATE)
+
+    def make(v: int, ids: dict[str, int | None]) -> PreTrainedConfig:
+        # Multi-head latent attention: heads leave the attention v_head_dim (12) wide, while the config's
+        # head_dim is the rotary part of query and key (4); layer 1 is a mixture of experts.
+        dims = _text_dims(v, ids, num_key_value_heads=4, moe_intermediate_size=32)
+        mla = {"kv_lora_rank": 16, "q_lora_rank": None, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8}
+        experts = {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 1}
+        return DeepseekV3Config(
+            **dims, **mla, **experts, v_head_dim=12, topk_group=1, first_k_dense_replace=1
+        )
+
+    return _text_family(spec, make)
+
+
 _GEMMA_SPEC = _TokSpec(bos="<bos>", eos="<eos>", pad="<pad>", add_bos=True, chat_template=_GEMMA_TEMPLATE)
 
 
@@ -687,6 +705,7 @@ _BUILDERS: dict[str, Callable[[], _Built]] = {
     "phi3": _phi3,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
+    "deepseek_v3": _deepseek_v3,
     "llava": _llava,
     "llava_onevision": _llava_onevision,
     "qwen2_vl": functools.partial(_qwen_vl, Qwen2VLConfig),
