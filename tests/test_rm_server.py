@@ -7,8 +7,10 @@ import base64
 import inspect
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,18 +22,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from headvec.errors import DataError
 from headvec.models import ImageLike
 from headvec.serving import DEFAULT_HOST
 from headvec.serving.rm import create_app, serve
 
 
 class FakeRewardModel:
-    """Score = len(response) (+100 with an image); records every call; 'boom' makes the call fail."""
+    """Score = len(response) (+100 with an image); records every call; 'boom' makes the call fail,
+    'poison' makes it fail as the inputs' fault (DataError)."""
 
     def __init__(self, delay: float = 0.0, accepts_images: bool = True) -> None:
         self.delay, self.accepts_images = delay, accepts_images
         self.calls: list[int] = []
         self.images_seen: list[object] = []
+        self.responses_seen: list[str] = []
         self.active = 0
         self.max_active = 0
         self.lock = threading.Lock()
@@ -47,10 +52,13 @@ class FakeRewardModel:
             self.max_active = max(self.max_active, self.active)
         try:
             self.calls.append(len(prompts))
+            self.responses_seen += list(responses)
             if self.delay:
                 time.sleep(self.delay)
             if "boom" in responses:
                 raise RuntimeError("kaboom")
+            if "poison" in responses:
+                raise DataError("a poison response")
             images = list(images) if images is not None else [None] * len(prompts)
             self.images_seen += [image for image in images if image is not None]
             return [
@@ -292,3 +300,201 @@ def test_end_to_end_activation_rm_over_real_uvicorn(activation_rm, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hardening (issue 13): image bombs, poison items, clients that hang up, API keys
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png(width: int, height: int, with_pixels: bool = True) -> str:
+    """A greyscale PNG of ``width x height`` black pixels, compressed row by row (about 140 KB for
+    12000 x 12000, 430 MB once decoded to RGB); ``with_pixels=False`` sends the header alone."""
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    data = b""
+    if with_pixels:
+        compressor, row, parts = zlib.compressobj(9), b"\x00" * (width + 1), []
+        for _ in range(height):
+            parts.append(compressor.compress(row))
+        parts.append(compressor.flush())
+        data = _png_chunk(b"IDAT", b"".join(parts))
+    png = b"\x89PNG\r\n\x1a\n" + header + data + _png_chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def test_an_image_bomb_is_refused_from_its_header_with_a_413_naming_the_option(monkeypatch):
+    """Issue 13: four 12000 x 12000 PNGs of 140 KB took 60 s and 8.5 GB; now nothing is decoded."""
+    from PIL import ImageFile
+
+    decoded: list[object] = []
+    original_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or original_load(self))
+    fake = FakeRewardModel()
+    bomb = _bomb_png(12000, 12000)
+    assert len(bomb) < 300_000
+    with TestClient(create_app(fake, max_body_bytes=2_000_000)) as test_client:
+        start = time.perf_counter()
+        items = [{"prompt": "q", "response": "a", "image": bomb}] * 4
+        response = test_client.post("/score", json={"items": items})
+        assert time.perf_counter() - start < 5
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["param"] == "items.0.image" and error["type"] == "RequestTooLargeError"
+        assert "12000x12000 = 144,000,000 pixels" in error["message"]
+        assert "--max-image-pixels" in error["message"]
+        assert decoded == [] and fake.calls == []
+        # beyond PIL's own decompression-bomb limit: refused as such, still from the header
+        huge = {"prompt": "q", "response": "a", "image": _bomb_png(30000, 30000, with_pixels=False)}
+        response = test_client.post("/score", json={"items": [huge]})
+        assert response.status_code == 413 and "items.0.image" in response.json()["error"]["message"]
+        ok = {"prompt": "q", "response": "ab", "image": _png()}
+        assert test_client.post("/score", json={"items": [ok]}).json() == {"scores": [102.0]}
+        assert test_client.get("/health").json()["limits"]["max_image_pixels"] == 4096 * 4096
+
+
+def test_the_request_pixel_budget_is_checked_before_any_image_is_decoded(monkeypatch):
+    fake = FakeRewardModel()
+    app = create_app(fake, max_image_pixels=200 * 200, max_request_pixels=300 * 200)
+    small = _bomb_png(200, 150)  # 30,000 pixels each: two fit, three do not
+    with TestClient(app) as test_client:
+        two = [{"prompt": "q", "response": "a", "image": small}] * 2
+        assert test_client.post("/score", json={"items": two}).json() == {"scores": [101.0, 101.0]}
+        response = test_client.post("/score", json={"items": two + two[:1]})
+        assert response.status_code == 413
+        error = response.json()["error"]
+        assert error["param"] == "items.2.image"
+        assert "90,000 pixels" in error["message"] and "--max-request-pixels" in error["message"]
+        too_wide = [{"prompt": "q", "response": "a", "image": _bomb_png(201, 200, with_pixels=False)}]
+        response = test_client.post("/score", json={"items": too_wide})
+        assert response.status_code == 413 and "--max-image-pixels" in response.json()["error"]["message"]
+    assert len(fake.images_seen) == 2
+
+
+def test_a_poison_item_fails_only_its_own_request_not_its_batch():
+    """Issue 13: one bad item made the whole dynamic batch (101 of 155 requests) fail with 500."""
+    fake = FakeRewardModel(delay=0.01)
+    app = create_app(fake, max_batch_size=8, max_wait_ms=200)
+    bodies = [{"items": [{"prompt": "q", "response": "poison" if n == 3 else "x" * n}]} for n in range(8)]
+    responses = asyncio.run(_concurrent(app, bodies))
+    assert [r.status_code for r in responses] == [200, 200, 200, 400, 200, 200, 200, 200]
+    assert "a poison response" in responses[3].json()["error"]["message"]
+    assert [r.json()["scores"] for i, r in enumerate(responses) if i != 3] == [
+        [float(n)] for n in range(8) if n != 3
+    ]
+    assert fake.calls[0] == 8  # they were batched together, and the batch was split to isolate the poison
+
+
+def test_a_prompt_longer_than_the_context_gets_its_own_413_and_its_batch_is_unaffected(activation_rm):
+    prompts = ["What colour is the sky?", "How many legs does a spider have?"] * 4
+    responses = ["Blue", "Green", "Eight", "Six", "Blue", "Six", "Eight", "Green"]
+    expected = activation_rm.rewards(prompts, responses)
+    long_prompt = "Is the sky blue? " * 400  # far beyond the tiny model's 512 positions
+    prompts[5] = long_prompt
+    app = create_app(activation_rm, max_batch_size=8, max_wait_ms=300, max_text_chars=50_000)
+    bodies = [{"items": [{"prompt": p, "response": r}]} for p, r in zip(prompts, responses, strict=True)]
+    results = asyncio.run(_concurrent(app, bodies))
+    assert [r.status_code for r in results] == [200] * 5 + [413] + [200] * 2
+    error = results[5].json()["error"]
+    assert error["param"] == "items.0" and "takes at most 512" in error["message"]
+    scores = [r.json()["scores"][0] for i, r in enumerate(results) if i != 5]
+    assert scores == pytest.approx([s for i, s in enumerate(expected) if i != 5], abs=1e-5)
+    assert app.state.batcher.stats.refused_items == 1 and app.state.batcher.stats.failed_batches == 0
+
+
+def _serve_in_thread(app) -> tuple[uvicorn.Server, threading.Thread, int]:
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=DEFAULT_HOST, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    return server, thread, port
+
+
+def test_requests_of_clients_that_hung_up_never_reach_the_model():
+    """Issue 13: 1,280 items of disconnected clients were still scored (40 s of model time)."""
+    fake = FakeRewardModel(delay=0.5)
+    app = create_app(fake, max_batch_size=1, max_wait_ms=0)
+    server, thread, port = _serve_in_thread(app)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        first = threading.Thread(
+            target=lambda: httpx.post(f"{base}/score", json={"items": [{"prompt": "q", "response": "a"}]})
+        )
+        first.start()  # keeps the model busy while the others queue
+        deadline = time.time() + 10
+        while not fake.calls and time.time() < deadline:
+            time.sleep(0.01)
+        sockets = []
+        for k in range(5):
+            body = (
+                f'{{"items": [{{"prompt": "q", "response": "gone{k}"}}, {{"prompt": "q", "response": "x"}}]}}'
+            )
+            request = (
+                f"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            )
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(request.encode())
+            sockets.append(sock)
+        while httpx.get(f"{base}/health").json()["queued_items"] < 10 and time.time() < deadline:
+            time.sleep(0.01)
+        for sock in sockets:
+            sock.close()
+        while httpx.get(f"{base}/health").json()["queued_items"] > 0 and time.time() < deadline:
+            time.sleep(0.01)
+        last = httpx.post(f"{base}/score", json={"items": [{"prompt": "q", "response": "last"}]}, timeout=10)
+        first.join(timeout=10)
+        assert last.json() == {"scores": [4.0]}
+        assert fake.responses_seen == ["a", "last"]
+        stats = httpx.get(f"{base}/health").json()["stats"]
+        assert stats["dropped_requests"] == 5 and stats["dropped_items"] == 10
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_an_api_key_guards_every_route_with_a_401_in_the_error_shape():
+    fake = FakeRewardModel()
+    body = {"items": [{"prompt": "q", "response": "ab"}]}
+    with TestClient(create_app(fake, api_key="s3cret")) as test_client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = test_client.post("/score", json=body, headers=headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            error = response.json()["error"]
+            assert error["type"] == "AuthenticationError" and error["code"] == 401
+            assert "Authorization: Bearer" in error["message"]
+            assert test_client.get("/health", headers=headers).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert test_client.post("/score", json=body, headers=good).json() == {"scores": [2.0]}
+        assert test_client.get("/health", headers=good).json()["limits"]["auth"] is True
+    assert fake.calls == [1]
+    with TestClient(create_app(FakeRewardModel())) as open_client:  # off by default
+        assert open_client.post("/score", json=body).status_code == 200
+
+
+def test_cli_api_key_env_and_pixel_options(tmp_path, monkeypatch):
+    from headvec.cli import app
+    from headvec.rewards import loading
+    from headvec.serving import core
+
+    seen: dict = {}
+    monkeypatch.setattr(loading, "load_reward_model", lambda *args, **kwargs: FakeRewardModel())
+    monkeypatch.setattr(core, "run_server", lambda app, host, port, log_level: seen.update(app=app))
+    monkeypatch.delenv("HEADVEC_TEST_KEY", raising=False)
+    command = ["serve", "rm", str(tmp_path), "--api-key-env", "HEADVEC_TEST_KEY"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and "HEADVEC_TEST_KEY is unset or empty" in result.output
+    monkeypatch.setenv("HEADVEC_TEST_KEY", "k3y")
+    result = CliRunner().invoke(app, [*command, "--max-image-pixels", "1000", "--max-request-pixels", "2000"])
+    assert result.exit_code == 0, result.output
+    with TestClient(seen["app"]) as test_client:
+        assert test_client.get("/health").status_code == 401
+        limits = test_client.get("/health", headers={"Authorization": "Bearer k3y"}).json()["limits"]
+    assert (limits["max_image_pixels"], limits["max_request_pixels"], limits["auth"]) == (1000, 2000, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,9 @@ from headvec.cli.common import (
     set_threads,
     user_errors,
 )
+from headvec.errors import HeadvecError
 from headvec.serving import DEFAULT_HOST
+from headvec.serving.core import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 app = typer.Typer(
     help="Serve models over HTTP: a reward model (rm) or an OpenAI-compatible chat model (chat).",
@@ -28,8 +31,20 @@ app = typer.Typer(
 )
 
 HostOpt = Annotated[
-    str, typer.Option(help="Interface to bind; the server has no authentication, keep it on loopback.")
+    str,
+    typer.Option(help="Interface to bind; without --api-key-env anyone who can reach it can use the model."),
 ]
+ApiKeyEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Require 'Authorization: Bearer <key>' on every request, the key read from this environment "
+        "variable (off by default)."
+    ),
+]
+MaxImagePixelsOpt = Annotated[
+    int, typer.Option(min=1, help="Larger images get 413 (checked from the header, before decoding).")
+]
+MaxRequestPixelsOpt = Annotated[int, typer.Option(min=1, help="Requests with more image pixels get 413.")]
 PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
 LogLevelOpt = Annotated[str, typer.Option(help="uvicorn log level.")]
 
@@ -43,13 +58,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _warn_if_exposed(host: str) -> None:
-    if not _is_loopback(host):
+def _warn_if_exposed(host: str, api_key: str | None = None) -> None:
+    if not _is_loopback(host) and api_key is None:
         error_console.print(
-            f"[bold yellow]warning:[/] binding to {host}: the server has no authentication, anyone who can "
-            "reach this address can use the model",
+            f"[bold yellow]warning:[/] binding to {host} without --api-key-env: anyone who can reach this "
+            "address can use the model",
             highlight=False,
         )
+
+
+def _api_key(env_name: str | None) -> str | None:
+    """The key from the named environment variable; unset or empty is an error, not silently no auth."""
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name, "")
+    if not key.strip():
+        raise HeadvecError(f"--api-key-env {env_name}: the environment variable {env_name} is unset or empty")
+    return key
 
 
 @app.command("rm")
@@ -66,6 +91,9 @@ def serve_rm(
     ] = 5,
     max_items_per_request: Annotated[int, typer.Option(min=1, help="Larger requests get 413.")] = 64,
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longer prompts/responses get 413.")] = 20_000,
+    max_image_pixels: MaxImagePixelsOpt = DEFAULT_MAX_IMAGE_PIXELS,
+    max_request_pixels: MaxRequestPixelsOpt = DEFAULT_MAX_REQUEST_PIXELS,
+    api_key_env: ApiKeyEnvOpt = None,
     model: Annotated[
         str | None, typer.Option(help="Run on this model instead of the one the artifact was fitted on.")
     ] = None,
@@ -81,6 +109,7 @@ def serve_rm(
     from headvec.serving.rm import create_app
 
     set_threads(threads)
+    api_key = _api_key(api_key_env)
     reward_model = load_reward_model(
         artifact_dir, model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
     )
@@ -90,8 +119,11 @@ def serve_rm(
         max_wait_ms=max_wait_ms,
         max_items_per_request=max_items_per_request,
         max_text_chars=max_text_chars,
+        max_image_pixels=max_image_pixels,
+        max_request_pixels=max_request_pixels,
+        api_key=api_key,
     )
-    _warn_if_exposed(host)
+    _warn_if_exposed(host, api_key)
     console.print(f"serving {type(reward_model).__name__} from {artifact_dir} on http://{host}:{port}")
     run_server(app, host, port, log_level)
 
@@ -109,6 +141,9 @@ def serve_chat(
     max_tokens: Annotated[
         int, typer.Option(min=1, help="Default max_tokens when a request sets none.")
     ] = 256,
+    max_image_pixels: MaxImagePixelsOpt = DEFAULT_MAX_IMAGE_PIXELS,
+    max_request_pixels: MaxRequestPixelsOpt = DEFAULT_MAX_REQUEST_PIXELS,
+    api_key_env: ApiKeyEnvOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     device: DeviceOpt = DEFAULT_DEVICE,
     trust_remote_code: RemoteOpt = False,
@@ -121,8 +156,17 @@ def serve_chat(
     from headvec.serving.core import run_server
 
     set_threads(threads)
+    api_key = _api_key(api_key_env)
     loaded = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    app = create_app(loaded, name or model, max_tokens, max_batch_size=max_batch_size)
-    _warn_if_exposed(host)
+    app = create_app(
+        loaded,
+        name or model,
+        max_tokens,
+        max_batch_size=max_batch_size,
+        max_image_pixels=max_image_pixels,
+        max_request_pixels=max_request_pixels,
+        api_key=api_key,
+    )
+    _warn_if_exposed(host, api_key)
     console.print(f"serving {model} at http://{host}:{port}/v1 (Ctrl-C to stop)")
     run_server(app, host, port, log_level)

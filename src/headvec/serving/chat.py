@@ -21,9 +21,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from headvec.errors import HeadvecError
 from headvec.serving import DEFAULT_HOST
 from headvec.serving.core import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    ApiKeyMiddleware,
     DynamicBatcher,
+    ImageLimits,
     RequestError,
-    decode_image,
+    check_api_key,
+    decode_images,
     install_error_handlers,
     read_body,
     require_fastapi,
@@ -61,8 +66,11 @@ class ChatJob:
     seed: int | None
 
 
-def user_text_and_images(messages: list[ChatMessage]) -> tuple[str, list[Image.Image], str | None]:
-    """The last user message's text and images, and a system prompt if one was sent."""
+def user_text_and_images(
+    messages: list[ChatMessage], limits: ImageLimits | None = None
+) -> tuple[str, list[Image.Image], str | None]:
+    """The last user message's text and images, and a system prompt if one was sent; the images' pixel
+    counts are checked from their headers before any is decoded."""
     system = next((m.content for m in messages if m.role == "system"), None)
     users = [(i, m) for i, m in enumerate(messages) if m.role == "user"]
     if not users:
@@ -70,14 +78,15 @@ def user_text_and_images(messages: list[ChatMessage]) -> tuple[str, list[Image.I
     index, last = users[-1]
     if isinstance(last.content, str):
         return last.content, [], system if isinstance(system, str) else None
-    texts, images = [], []
+    texts, encoded = [], []
     for part_index, part in enumerate(last.content or []):
         if part.get("type") == "text":
             texts.append(part.get("text", ""))
         elif part.get("type") == "image_url":
             url = part.get("image_url", {})
             where = f"messages.{index}.content.{part_index}.image_url"
-            images.append(decode_image(url.get("url", "") if isinstance(url, dict) else str(url), where))
+            encoded.append((url.get("url", "") if isinstance(url, dict) else str(url), where))
+    images = decode_images(encoded, limits) if encoded else []
     return "\n".join(texts), images, system if isinstance(system, str) else None
 
 
@@ -131,12 +140,20 @@ def create_app(
     max_wait_ms: float = 5,
     max_queue_items: int = 1_000,
     max_body_bytes: int = 32 * 1024 * 1024,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    api_key: str | None = None,
 ) -> Any:
-    """The FastAPI app serving ``loaded`` under ``model_name``."""
+    """The FastAPI app serving ``loaded`` under ``model_name``; with ``api_key`` every route needs
+    ``Authorization: Bearer <api_key>`` (401 otherwise)."""
     require_fastapi()
+    import asyncio
+
     from fastapi import FastAPI, Request
 
+    check_api_key(api_key)
     batcher = DynamicBatcher(generator(loaded), max_batch_size, max_wait_ms, max_queue_items, "headvec-chat")
+    image_limits = ImageLimits(max_image_pixels, max_request_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,6 +164,8 @@ def create_app(
     app = FastAPI(title="headvec chat server", lifespan=lifespan)
     app.state.batcher = batcher
     install_error_handlers(app)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -162,7 +181,7 @@ def create_app(
             raise RequestError(404, f"model {body.model!r} not served; use {model_name!r}", "model")
         if body.stream:
             raise RequestError(400, "streaming is not supported; send stream=false", "stream")
-        text, images, system = user_text_and_images(body.messages)
+        text, images, system = await asyncio.to_thread(user_text_and_images, body.messages, image_limits)
         if images and not loaded.is_multimodal:
             images = []
         temperature = float(body.temperature or 0.0)
@@ -177,7 +196,7 @@ def create_app(
             float(body.top_p or 1.0),
             body.seed,
         )
-        (output,) = await batcher.submit([job])
+        (output,) = await batcher.submit([job], receive=request.receive)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",

@@ -4,16 +4,20 @@ RL trainers score many short completions at once from many workers; one forward 
 little more than over one, so concurrent requests are coalesced into a single ``rewards`` call (see
 :class:`~headvec.serving.core.DynamicBatcher`). Failures use the one error envelope
 (:func:`~headvec.serving.core.error_body`) and the server stays up: 422 malformed JSON or fields, 413 too
-many items / too long text / body too large, 400 undecodable or unsupported image, 503 queue full, 500
-when the model fails on a batch (only that batch's requests).
+many items / too long text / body too large / an image or a request over its pixel limit (read from the
+image headers before decoding) / a prompt longer than the model's context, 400 undecodable or unsupported
+image, 401 missing or wrong API key (when one is set), 503 queue full, 500 when the model fails on an
+item. A bad item fails only its own request, never the others batched with it; the items of a client that
+hung up are dropped before they reach the model.
 
-There is no authentication, so the server binds to 127.0.0.1 unless told otherwise.
+Authentication is optional (``api_key``), so the server binds to 127.0.0.1 unless told otherwise.
 """
 
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -23,10 +27,15 @@ from headvec.errors import HeadvecError
 from headvec.rewards.protocol import Scorer
 from headvec.serving import DEFAULT_HOST
 from headvec.serving.core import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    ApiKeyMiddleware,
     DynamicBatcher,
+    ImageLimits,
     RequestError,
+    check_api_key,
     check_positive,
-    decode_image,
+    decode_images,
     install_error_handlers,
     read_body,
     require_fastapi,
@@ -67,11 +76,23 @@ def describe(scorer: Any) -> dict[str, Any]:
     return info
 
 
-def rewards_of(scorer: Scorer) -> Any:
+@dataclass
+class ScoreJob:
+    """One item in the batcher: what to score, and where it came from (for error messages)."""
+
+    prompt: str
+    response: str
+    image: Image.Image | None
+    where: str
+
+
+def rewards_of(scorer: Scorer) -> Callable[[list[ScoreJob]], list[float | None]]:
     """The batch function: one ``rewards`` call per batch; NaN/inf become null (JSON has neither)."""
 
-    def process(batch: list[tuple[str, str, Image.Image | None]]) -> list[float | None]:
-        prompts, responses, images = (list(column) for column in zip(*batch, strict=True))
+    def process(batch: list[ScoreJob]) -> list[float | None]:
+        prompts = [job.prompt for job in batch]
+        responses = [job.response for job in batch]
+        images = [job.image for job in batch]
         has_images = any(image is not None for image in images)
         scores = scorer.rewards(prompts, responses, images if has_images else None)
         if len(scores) != len(prompts):
@@ -79,6 +100,40 @@ def rewards_of(scorer: Scorer) -> Any:
         return [float(s) if math.isfinite(float(s)) else None for s in scores]
 
     return process
+
+
+def context_check(scorer: Any) -> Callable[[ScoreJob], None] | None:
+    """Per-item validation for scorers that build model prompts (activation RMs, verdict judges): a
+    prompt longer than the model's context is refused with 413 before it can fail a whole batch.
+
+    A scorer may define ``check_item(prompt, response, image)`` itself (raise DataError to refuse)."""
+    own = getattr(scorer, "check_item", None)
+    if callable(own):
+
+        def check_own(job: ScoreJob) -> None:
+            own(job.prompt, job.response, job.image)
+
+        return check_own
+    for builder in (scorer, getattr(scorer, "scorer_", None), getattr(scorer, "scorer", None)):
+        loaded = getattr(builder, "loaded", None)
+        limit = getattr(getattr(loaded, "arch", None), "max_positions", None)
+        if callable(getattr(builder, "prompts", None)) and hasattr(loaded, "token_count") and limit:
+
+            def check_context(
+                job: ScoreJob, builder: Any = builder, loaded: Any = loaded, limit: int = int(limit)
+            ) -> None:
+                (prompt,) = builder.prompts([job.prompt], [job.response], [job.image])
+                tokens = loaded.token_count(prompt)
+                if tokens > limit:
+                    raise RequestError(
+                        413,
+                        f"{job.where} makes a prompt of {tokens} tokens; {loaded.name_or_path} takes at "
+                        f"most {limit}: shorten the prompt or the response",
+                        job.where,
+                    )
+
+            return check_context
+    return None
 
 
 def create_app(
@@ -89,8 +144,13 @@ def create_app(
     max_text_chars: int = 20_000,
     max_body_bytes: int = 32 * 1024 * 1024,
     max_queue_items: int = 10_000,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    api_key: str | None = None,
 ) -> Any:
-    """A FastAPI app serving ``scorer``: ``POST /score`` (dynamically batched) and ``GET /health``."""
+    """A FastAPI app serving ``scorer``: ``POST /score`` (dynamically batched) and ``GET /health``.
+
+    ``api_key`` set: every route needs ``Authorization: Bearer <api_key>`` (401 otherwise)."""
     require_fastapi()
     from fastapi import FastAPI, Request
 
@@ -102,8 +162,19 @@ def create_app(
         max_items_per_request=max_items_per_request,
         max_text_chars=max_text_chars,
         max_body_bytes=max_body_bytes,
+        max_image_pixels=max_image_pixels,
+        max_request_pixels=max_request_pixels,
     )
-    batcher = DynamicBatcher(rewards_of(scorer), max_batch_size, max_wait_ms, max_queue_items, "headvec-rm")
+    check_api_key(api_key)
+    batcher = DynamicBatcher(
+        rewards_of(scorer),
+        max_batch_size,
+        max_wait_ms,
+        max_queue_items,
+        "headvec-rm",
+        validate=context_check(scorer),
+    )
+    image_limits = ImageLimits(max_image_pixels, max_request_pixels)
     model_info = describe(scorer)
     accepts_images = bool(getattr(scorer, "accepts_images", True))
     limits = {
@@ -113,6 +184,9 @@ def create_app(
         "max_text_chars": max_text_chars,
         "max_body_bytes": max_body_bytes,
         "max_queue_items": max_queue_items,
+        "max_image_pixels": max_image_pixels,
+        "max_request_pixels": max_request_pixels,
+        "auth": api_key is not None,
     }
 
     @contextlib.asynccontextmanager
@@ -128,6 +202,8 @@ def create_app(
     )
     app.state.batcher = batcher
     install_error_handlers(app)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     def check_limits(items: list[ScoreItem]) -> None:
         if len(items) > max_items_per_request:
@@ -169,16 +245,17 @@ def create_app(
             raise validation_error(exc.errors(include_url=False, include_input=False)) from None
         check_limits(parsed.items)
         images: list[Image.Image | None] = [None] * len(parsed.items)
-        encoded = [(i, item.image) for i, item in enumerate(parsed.items) if item.image is not None]
-        if encoded:
-            decoded = await asyncio.to_thread(
-                lambda: [decode_image(data, f"items.{i}.image") for i, data in encoded]
-            )
-            for (i, _), image in zip(encoded, decoded, strict=True):
-                images[i] = image
-        scores = await batcher.submit(
-            [(item.prompt, item.response, image) for item, image in zip(parsed.items, images, strict=True)]
-        )
+        encoded = [
+            (item.image, f"items.{i}.image") for i, item in enumerate(parsed.items) if item.image is not None
+        ]
+        if encoded:  # headers checked against the pixel limits before anything is decoded
+            decoded = iter(await asyncio.to_thread(decode_images, encoded, image_limits))
+            images = [next(decoded) if item.image is not None else None for item in parsed.items]
+        jobs = [
+            ScoreJob(item.prompt, item.response, image, f"items.{i}")
+            for i, (item, image) in enumerate(zip(parsed.items, images, strict=True))
+        ]
+        scores = await batcher.submit(jobs, receive=request.receive)
         return {"scores": scores}
 
     @app.get("/health")
