@@ -83,3 +83,36 @@ def test_multi_head_latent_attention_heads_are_v_head_dim_wide(tmp_path):
     config = loaded.model.config
     assert (config.head_dim, config.v_head_dim) == (4, 12)
     assert (loaded.arch.n_heads, loaded.arch.head_dim) == (4, 12)
+
+
+def test_a_differential_attention_model_is_refused_by_name():
+    """DiffLlama's o_proj takes H/2 differential heads of 2 x head_dim: every shape check would pass."""
+    from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
+
+    from headvec.arch import discover_architecture
+    from headvec.errors import UnknownArchitectureError
+
+    config = DiffLlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    with pytest.raises(UnknownArchitectureError, match="DiffLlamaForCausalLM is not supported: differential"):
+        discover_architecture(DiffLlamaForCausalLM(config))
+
+
+def test_a_hybrid_stack_is_named_as_mixed_not_unknown():
+    """Jamba interleaves state-space and attention layers: say so, instead of 'register it'."""
+    from transformers import JambaConfig, JambaForCausalLM
+
+    from headvec.arch import discover_architecture
+    from headvec.errors import UnknownArchitectureError
+
+    config = JambaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+        expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
+    )  # fmt: skip
+    with pytest.raises(
+        UnknownArchitectureError, match=r"mixed layer stack \(model\.layers: layers 0, 2 of 4"
+    ):
+        discover_architecture(JambaForCausalLM(config))

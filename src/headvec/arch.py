@@ -50,6 +50,13 @@ ENCODER_MODEL_TYPES = frozenset(
     {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "albert", "deberta", "deberta-v2"}
 )
 
+# Models whose attention output projection does not take ``[heads, head_dim]``: refused by name, because
+# every shape check would pass and every head would be wrong.
+UNSUPPORTED_HEAD_LAYOUTS: dict[str, str] = {
+    "diffllama": "differential attention: its o_proj takes num_heads / 2 differential heads of "
+    "2 x head_dim each, after a group norm",
+}
+
 # model_type -> (layers path, attention-output path inside a layer); wins over discovery.
 ARCHITECTURE_OVERRIDES: dict[str, tuple[str, str]] = {}
 
@@ -133,19 +140,28 @@ def _try_submodule(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _discover(model: nn.Module) -> list[tuple[str, str]]:
-    """All (layers path, attention-output path) pairs of text decoder stacks in the model."""
-    found = []
+def _discover(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
+    """All (layers path, attention-output path) pairs of text decoder stacks in the model, and a
+    description of each mixed stack: one where only some layers have an attention output projection."""
+    found, mixed = [], []
     for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         if any(marker in part.lower() for part in path.split(".") for marker in NON_TEXT_MARKERS):
             continue
+        partial = None
         for name in ATTN_OUT_CANDIDATES:
-            if all(_is_projection(_try_submodule(layer, name)) for layer in module):
+            has = [_is_projection(_try_submodule(layer, name)) for layer in module]
+            if all(has):
                 found.append((path, name))
                 break
-    return found
+            if any(has) and partial is None:
+                lacking = [i for i, ok in enumerate(has) if not ok]
+                partial = f"{path}: layers {', '.join(map(str, lacking[:8]))} of {len(module)} have no {name}"
+        else:
+            if partial is not None:
+                mixed.append(partial)
+    return found, mixed
 
 
 def _register_hint(model_type: str) -> str:
@@ -157,6 +173,13 @@ def discover_architecture(model: nn.Module) -> Architecture:
     config = model.config
     model_type = getattr(config, "model_type", type(model).__name__)
     name = type(model).__name__
+    text_type = getattr(_text_config(config), "model_type", model_type)
+    for kind in (model_type, text_type):
+        if kind in UNSUPPORTED_HEAD_LAYOUTS and kind not in ARCHITECTURE_OVERRIDES:
+            raise UnknownArchitectureError(
+                f"{name} is not supported: {UNSUPPORTED_HEAD_LAYOUTS[kind]}, so its heads are not the "
+                "[heads, head_dim] blocks headvec reads and writes"
+            )
     if model_type in ARCHITECTURE_OVERRIDES:
         layers_path, attn_out = ARCHITECTURE_OVERRIDES[model_type]
         stack = _try_submodule(model, layers_path)
@@ -174,7 +197,12 @@ def discover_architecture(model: nn.Module) -> Architecture:
                 "attention output projection in every layer of the stack it hooks"
             )
     else:
-        found = _discover(model)
+        found, mixed = _discover(model)
+        if not found and mixed:
+            raise UnknownArchitectureError(
+                f"{name} (model_type {model_type!r}) has a mixed layer stack ({'; '.join(mixed)}): "
+                "cross-attention or state-space layers among the attention layers are not supported yet"
+            )
         if not found:
             raise UnknownArchitectureError(
                 f"unknown architecture {name} (model_type {model_type!r}): no decoder layers with an "
