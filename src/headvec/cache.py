@@ -1,35 +1,48 @@
-"""Stream a dataset through the engine and cache head activations on disk, resumably.
+"""Stream a dataset through the engine and cache head activations on disk, resumably and verifiably.
 
 Layout of a cache directory: one ``shard-NNNNN.safetensors`` per batch (tensors ``heads`` and, if
 asked, ``residual``) and ``index.json`` that records the model (its identity under ``"fitted_on"``, the
-key artifacts use), the settings, a hash of the inputs and the finished shards. Shards and the index are
-written to a temporary name and renamed, so a run killed at any point leaves only whole files; a rerun
-skips the batches already on disk.
+key artifacts use), the settings, a hash of the inputs and the finished shards, each with its size in
+bytes and its sha256. Shards and the index are written to a temporary name and renamed, so a run killed
+at any point leaves only whole files; a rerun verifies the shards already on disk against the index,
+skips the intact ones and recomputes (and reports) the damaged or missing ones. :func:`load_activations`
+verifies every shard too, so a damaged cache is a one-line :class:`HeadvecError` naming the file, never
+silently wrong numbers.
 
-Format history: ``headvec-activations/1`` recorded the model under ``"model"``; such an index is read
-(and resumed) as ``headvec-activations/2``.
+Format history: ``headvec-activations/1`` recorded the model under ``"model"``; ``headvec-activations/2``
+recorded no sizes or checksums. Both are read (their shards checked as far as possible: they must parse
+and hold the right rows) and a resume upgrades them to :data:`CACHE_FORMAT`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from tqdm.auto import tqdm
 
 from headvec.engine import HeadEngine, Positions, iter_batches
 from headvec.errors import HeadvecError
 from headvec.models import MODEL_KEY, Prompt
 
+logger = logging.getLogger(__name__)
+
 INDEX_NAME = "index.json"
-CACHE_FORMAT = "headvec-activations/2"
-_OLD_FORMAT = "headvec-activations/1"  # the model identity under "model"
+CACHE_FORMAT = "headvec-activations/3"
+_UNCHECKED_FORMATS = ("headvec-activations/1", "headvec-activations/2")  # shards without sha256 / bytes
+_SHARD_NAME = re.compile(r"shard-\d{5,}\.safetensors")  # a plain file name: never a path out of the cache
+_INDEX_FIX = "delete it and rerun the same headvec extract to recompute the cache"
+_SHARD_FIX = "rerun the same headvec extract to recompute it"
 
 
 def _prompts_digest(prompts: Sequence[Prompt]) -> str:
@@ -42,23 +55,110 @@ def _prompts_digest(prompts: Sequence[Prompt]) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index_problem(index: Any) -> str | None:
+    """What is structurally wrong with a parsed index (None if nothing): a damaged file must not crash."""
+    if not isinstance(index, dict):
+        return f"a JSON {type(index).__name__}, not an object"
+    if "format" not in index:
+        return "no format"
+    if not _is_int(index.get("n_rows")) or index["n_rows"] < 0:
+        return "no valid n_rows"
+    if not isinstance(index.get("shards"), list):
+        return "no list of shards"
+    checked = index.get("format") == CACHE_FORMAT
+    for number, shard in enumerate(index["shards"]):
+        if not isinstance(shard, dict):
+            return f"shard entry {number} is not an object"
+        if not isinstance(shard.get("file"), str) or not _SHARD_NAME.fullmatch(shard["file"]):
+            return f"shard entry {number} has no valid file name"
+        start, stop = shard.get("start"), shard.get("stop")
+        if not (_is_int(start) and _is_int(stop) and 0 <= start < stop <= index["n_rows"]):
+            return f"shard entry {number} ({shard['file']}) has no valid start and stop"
+        if checked and not (
+            _is_int(shard.get("bytes"))
+            and isinstance(shard.get("sha256"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", shard["sha256"])
+        ):
+            return f"shard entry {number} ({shard['file']}) has no valid bytes and sha256"
+    return None
+
+
 def _read_index(path: Path) -> dict[str, Any]:
-    """The index at ``path``, an older format migrated to :data:`CACHE_FORMAT`."""
-    index = json.loads(path.read_text())
-    if index.get("format") == _OLD_FORMAT:
+    """The index at ``path``, an older format migrated; a damaged one is a one-line error."""
+    try:
+        index = json.loads(path.read_bytes().decode())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not valid JSON (truncated or overwritten?)"
+        raise HeadvecError(f"{path} is damaged: {problem}; {_INDEX_FIX}") from None
+    fmt = index.get("format") if isinstance(index, dict) else None
+    if fmt is not None and fmt not in (CACHE_FORMAT, *_UNCHECKED_FORMATS):
+        newer = isinstance(fmt, str) and fmt.startswith("headvec-activations/")
+        raise HeadvecError(
+            f"{path} has the unknown cache format {fmt!r} (this headvec reads {_UNCHECKED_FORMATS[0]} to "
+            f"{CACHE_FORMAT}); "
+            + ("upgrade headvec (pip install -U headvec) or " if newer else "")
+            + _INDEX_FIX
+        )
+    problem = _index_problem(index)
+    if problem:
+        raise HeadvecError(f"{path} is damaged: {problem}; {_INDEX_FIX}")
+    if fmt == "headvec-activations/1":
         index[MODEL_KEY] = index.pop("model", None)
-        index["format"] = CACHE_FORMAT
+    if fmt in _UNCHECKED_FORMATS:  # whatever such an index says of sizes or checksums was never checked
+        index["shards"] = [
+            {k: v for k, v in s.items() if k not in ("bytes", "sha256")} for s in index["shards"]
+        ]
     return index
 
 
 def _write_index(directory: Path, index: dict[str, Any]) -> None:
     _write_atomic(directory / INDEX_NAME, lambda p: p.write_text(json.dumps(index, indent=1, sort_keys=True)))
+
+
+def _shard_problem(shard: dict[str, Any], data: bytes | None) -> str | None:
+    """Why the bytes of a shard (None: the file is missing) do not match its index entry, or None."""
+    if data is None:
+        return "missing"
+    if "sha256" not in shard:  # an older format: no checksum, so at least it must parse
+        try:
+            load_bytes(data)
+        except (SafetensorError, ValueError) as exc:
+            return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return None
+    if len(data) != shard["bytes"]:
+        kind = "truncated" if len(data) < shard["bytes"] else "too long"
+        return f"{kind}: {len(data)} bytes, the index records {shard['bytes']}"
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        return "its sha256 does not match the index: bytes changed since it was written"
+    return None
+
+
+def _read_shard(directory: Path, shard: dict[str, Any]) -> bytes | None:
+    """A shard's bytes, or None if it is missing (a file that exists but cannot be read is an error)."""
+    path = directory / shard["file"]
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HeadvecError(
+            f"{path} cannot be read ({exc.strerror}); fix its permissions or delete it"
+        ) from None
+
+
+def _checksum(data: bytes) -> dict[str, Any]:
+    """What the index records of a shard's bytes, to tell a damaged shard from an intact one."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def extract_to_disk(
@@ -72,7 +172,11 @@ def extract_to_disk(
     residual: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Capture head outputs for every prompt into ``out_dir``; resume if it holds a matching partial run."""
+    """Capture head outputs for every prompt into ``out_dir``; resume if it holds a matching partial run.
+
+    On resume every recorded shard is verified (size and sha256); damaged or missing ones are logged as
+    a warning and recomputed, so a damaged cache heals instead of being trusted.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -85,55 +189,113 @@ def extract_to_disk(
         "n_rows": len(prompts),
         "inputs_sha256": _prompts_digest(prompts),
     }
+    batches = list(iter_batches(prompts, batch_size))
+    names: dict[int, tuple[str, int]] = {}  # start row -> (shard file, stop row)
+    start = 0
+    for number, batch in enumerate(batches):
+        names[start] = (f"shard-{number:05d}.safetensors", start + len(batch))
+        start += len(batch)
+
     index_path = out / INDEX_NAME
-    shards: list[dict[str, Any]] = []
+    shards: dict[int, dict[str, Any]] = {}
+    upgraded = False
     if index_path.exists():
         previous = _read_index(index_path)
-        previous_settings = {key: previous.get(key) for key in settings}
-        if previous_settings != settings:
-            changed = sorted(key for key in settings if previous_settings[key] != settings[key])
+        previous_settings = {key: previous.get(key) for key in settings if key != "format"}
+        wanted = {key: value for key, value in settings.items() if key != "format"}
+        if previous_settings != wanted:
+            changed = sorted(key for key in wanted if previous_settings[key] != wanted[key])
             raise HeadvecError(
                 f"{out} holds a cache made with other {', '.join(changed)}; use a new --out directory "
                 "or delete it"
             )
-        shards = [s for s in previous["shards"] if (out / s["file"]).is_file()]
-    done = {shard["start"] for shard in shards}
+        damaged = []
+        for shard in previous["shards"]:
+            if names.get(shard["start"]) != (shard["file"], shard["stop"]) or shard["start"] in shards:
+                raise HeadvecError(
+                    f"{index_path} is damaged: shard entry {shard['file']} does not match the batches; "
+                    f"{_INDEX_FIX}"
+                )
+            data = _read_shard(out, shard)
+            problem = _shard_problem(shard, data)
+            if problem:
+                damaged.append(f"{shard['file']} ({problem})")
+                continue
+            if "sha256" not in shard:  # an older format's shard that parses: record its checksum now
+                shard = {**shard, **_checksum(data)}  # type: ignore[arg-type]
+                upgraded = True
+            shards[shard["start"]] = shard
+        if damaged:
+            logger.warning(
+                "%s: recomputing %d damaged or missing shard(s): %s", out, len(damaged), "; ".join(damaged)
+            )
+        upgraded = upgraded or previous.get("format") != CACHE_FORMAT
 
-    batches = list(iter_batches(prompts, batch_size))
+    def write_index() -> None:
+        _write_index(out, {**settings, "shards": [shards[s] for s in sorted(shards)]})
+
+    if upgraded:
+        write_index()
     start = 0
     with tqdm(total=len(prompts), desc="extract", unit="row", disable=not progress) as bar:
-        for number, batch in enumerate(batches):
-            stop = start + len(batch)
-            if start not in done:
+        for batch in batches:
+            name, stop = names[start]
+            if start not in shards:
                 capture = engine.capture_batch(
                     engine.loaded.encode(batch), layers, positions, residual=residual
                 )
                 tensors = {"heads": capture.heads.contiguous()}
                 if residual:
                     tensors["residual"] = capture.residual.contiguous()
-                name = f"shard-{number:05d}.safetensors"
-                _write_atomic(out / name, lambda p, t=tensors: save_file(t, str(p)))
-                shards.append({"file": name, "start": start, "stop": stop})
-                _write_index(out, {**settings, "shards": sorted(shards, key=lambda s: s["start"])})
+                data = save_bytes(tensors)
+                _write_atomic(out / name, lambda p, d=data: p.write_bytes(d))
+                shards[start] = {"file": name, "start": start, "stop": stop, **_checksum(data)}
+                write_index()
             bar.update(len(batch))
             start = stop
-    if not shards:  # an empty dataset still gets an index
-        _write_index(out, {**settings, "shards": []})
+    if not index_path.exists():  # an empty dataset still gets an index
+        write_index()
     return out
 
 
 def load_activations(cache_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a finished cache: concatenated tensors (rows in input order) and the index."""
+    """Read a finished cache: concatenated tensors (rows in input order) and the index.
+
+    Every shard is checked against its recorded size and sha256 before use: a damaged file is a
+    one-line :class:`HeadvecError` that names it, never a raw safetensors error or silently bad values.
+    """
     directory = Path(cache_dir)
     index_path = directory / INDEX_NAME
     if not index_path.is_file():
         raise HeadvecError(f"{directory} is not an activation cache (no {INDEX_NAME}); run headvec extract")
     index = _read_index(index_path)
-    covered = sum(s["stop"] - s["start"] for s in index["shards"])
+    shards = sorted(index["shards"], key=lambda s: s["start"])
+    covered = sum(s["stop"] - s["start"] for s in shards)
     if covered != index["n_rows"]:
         raise HeadvecError(
             f"{directory} is incomplete ({covered}/{index['n_rows']} rows); rerun the same extract to resume"
         )
-    parts = [load_file(str(directory / s["file"])) for s in sorted(index["shards"], key=lambda s: s["start"])]
+    if [s["start"] for s in shards] != [0, *(s["stop"] for s in shards)][: len(shards)]:
+        raise HeadvecError(f"{index_path} is damaged: its shards overlap or leave gaps; {_INDEX_FIX}")
+    keys = {"heads", "residual"} if index.get("residual") else {"heads"}
+    parts = []
+    for shard in shards:
+        path = directory / shard["file"]
+        data = _read_shard(directory, shard)
+        problem = _shard_problem(shard, data)
+        if problem is None:
+            try:
+                part = load_bytes(data)  # type: ignore[arg-type]
+            except (SafetensorError, ValueError):
+                problem = "unreadable"
+            else:
+                if set(part) != keys or any(
+                    t.shape[0] != shard["stop"] - shard["start"] for t in part.values()
+                ):
+                    problem = f"it does not hold {shard['stop'] - shard['start']} rows of {sorted(keys)}"
+        if problem:
+            state = "missing" if problem == "missing" else f"damaged ({problem})"
+            raise HeadvecError(f"{path} is {state}; {_SHARD_FIX}")
+        parts.append(part)
     tensors = {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
     return tensors, index
