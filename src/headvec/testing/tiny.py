@@ -19,13 +19,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    BloomConfig,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     DeepseekV3Config,
+    FalconConfig,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
+    GPTJConfig,
     GPTNeoXConfig,
     Idefics3Config,
     Idefics3ImageProcessorPil,
@@ -38,10 +41,12 @@ from transformers import (
     LlavaOnevisionImageProcessorPil,
     LlavaProcessor,
     MistralConfig,
+    OPTConfig,
     PaddleOCRVLProcessor,
     PaliGemmaConfig,
     PaliGemmaProcessor,
     Phi3Config,
+    PhiConfig,
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -58,7 +63,7 @@ from transformers.utils import logging as hf_logging
 
 __all__ = ["TEXT_ONLY", "TINY_ARCHITECTURES", "build_tiny_model"]
 
-TINY_ARCHITECTURES: tuple[str, ...] = (
+_TEXT_ARCHITECTURES: tuple[str, ...] = (
     "llama",
     "qwen2",
     "qwen3",
@@ -69,6 +74,14 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     "gpt2",
     "gpt_neox",
     "deepseek_v3",
+    "falcon",
+    "phi",
+    "gptj",
+    "opt",
+    "bloom",
+)
+TINY_ARCHITECTURES: tuple[str, ...] = (
+    *_TEXT_ARCHITECTURES,
     "llava",
     "llava_onevision",
     "qwen2_vl",
@@ -76,7 +89,7 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     "idefics3",
     "paligemma",
 )
-TEXT_ONLY: frozenset[str] = frozenset(TINY_ARCHITECTURES[:10])
+TEXT_ONLY: frozenset[str] = frozenset(_TEXT_ARCHITECTURES)
 
 # ---------------------------------------------------------------------------------------------
 # Shared tokenizer
@@ -462,6 +475,55 @@ def _deepseek_v3() -> _Built:
     return _text_family(spec, make)
 
 
+def _falcon() -> _Built:
+    spec = _TokSpec(bos=None, eos="<|endoftext|>", pad="<|endoftext|>", chat_template=_CHATML_TEMPLATE)
+
+    def make(v: int, ids: dict[str, int | None]) -> PreTrainedConfig:
+        # New decoder architecture, grouped KV heads and parallel attention / MLP: self_attention.dense.
+        sizes = {"hidden_size": _HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 4, "num_kv_heads": 2}
+        return FalconConfig(vocab_size=v, **sizes, new_decoder_architecture=True, **ids)
+
+    return _text_family(spec, make)
+
+
+def _phi() -> _Built:
+    spec = _TokSpec(bos=None, eos="<|endoftext|>", pad="<|endoftext|>", chat_template=_CHATML_TEMPLATE)
+    # Phi-1/2: self_attn.dense with a bias, partial rotary.
+    return _text_family(spec, lambda v, ids: PhiConfig(**_text_dims(v, ids, partial_rotary_factor=0.5)))
+
+
+def _gptj() -> _Built:
+    spec = _TokSpec(bos="<|endoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
+
+    def make(v: int, ids: dict[str, int | None]) -> PreTrainedConfig:
+        # attn.out_proj without bias; rotary on the first 8 of each head's 16 dimensions.
+        sizes = {"n_embd": _HIDDEN, "n_layer": 2, "n_head": 4, "rotary_dim": 8, "n_positions": 512}
+        return GPTJConfig(vocab_size=v, **sizes, **ids)
+
+    return _text_family(spec, make)
+
+
+def _opt() -> _Built:
+    spec = _TokSpec(bos="</s>", eos="</s>", pad="<pad>", add_bos=True)
+
+    def make(v: int, ids: dict[str, int | None]) -> PreTrainedConfig:
+        # self_attn.out_proj with a bias; learned positions offset by 2.
+        sizes = {"hidden_size": _HIDDEN, "ffn_dim": 2 * _HIDDEN, "num_hidden_layers": 2}
+        return OPTConfig(vocab_size=v, **sizes, num_attention_heads=4, word_embed_proj_dim=_HIDDEN, **ids)
+
+    return _text_family(spec, make)
+
+
+def _bloom() -> _Built:
+    spec = _TokSpec(bos="<s>", eos="</s>", pad="<pad>", add_bos=True)
+
+    def make(v: int, ids: dict[str, int | None]) -> PreTrainedConfig:
+        # ALiBi positions, fused query_key_value, self_attention.dense.
+        return BloomConfig(vocab_size=v, hidden_size=_HIDDEN, n_layer=2, n_head=4, **ids)
+
+    return _text_family(spec, make)
+
+
 _GEMMA_SPEC = _TokSpec(bos="<bos>", eos="<eos>", pad="<pad>", add_bos=True, chat_template=_GEMMA_TEMPLATE)
 
 
@@ -706,6 +768,11 @@ _BUILDERS: dict[str, Callable[[], _Built]] = {
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
     "deepseek_v3": _deepseek_v3,
+    "falcon": _falcon,
+    "phi": _phi,
+    "gptj": _gptj,
+    "opt": _opt,
+    "bloom": _bloom,
     "llava": _llava,
     "llava_onevision": _llava_onevision,
     "qwen2_vl": functools.partial(_qwen_vl, Qwen2VLConfig),
