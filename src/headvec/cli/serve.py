@@ -45,6 +45,8 @@ MaxImagePixelsOpt = Annotated[
     int, typer.Option(min=1, help="Larger images get 413 (checked from the header, before decoding).")
 ]
 MaxRequestPixelsOpt = Annotated[int, typer.Option(min=1, help="Requests with more image pixels get 413.")]
+MaxBodyBytesOpt = Annotated[int, typer.Option(min=1, help="Larger request bodies get 413.")]
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
 LogLevelOpt = Annotated[str, typer.Option(help="uvicorn log level.")]
 
@@ -93,6 +95,7 @@ def serve_rm(
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longer prompts/responses get 413.")] = 20_000,
     max_image_pixels: MaxImagePixelsOpt = DEFAULT_MAX_IMAGE_PIXELS,
     max_request_pixels: MaxRequestPixelsOpt = DEFAULT_MAX_REQUEST_PIXELS,
+    max_body_bytes: MaxBodyBytesOpt = DEFAULT_MAX_BODY_BYTES,
     api_key_env: ApiKeyEnvOpt = None,
     model: Annotated[
         str | None, typer.Option(help="Run on this model instead of the one the artifact was fitted on.")
@@ -121,6 +124,7 @@ def serve_rm(
         max_text_chars=max_text_chars,
         max_image_pixels=max_image_pixels,
         max_request_pixels=max_request_pixels,
+        max_body_bytes=max_body_bytes,
         api_key=api_key,
     )
     _warn_if_exposed(host, api_key)
@@ -141,8 +145,17 @@ def serve_chat(
     max_tokens: Annotated[
         int, typer.Option(min=1, help="Default max_tokens when a request sets none.")
     ] = 256,
+    max_tokens_limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests asking for more get 400 (always capped by the context)."),
+    ] = None,
+    max_n: Annotated[int, typer.Option(min=1, help="Most choices (n) per request.")] = 8,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a request may wait for its answer (504 after).")
+    ] = 600,
     max_image_pixels: MaxImagePixelsOpt = DEFAULT_MAX_IMAGE_PIXELS,
     max_request_pixels: MaxRequestPixelsOpt = DEFAULT_MAX_REQUEST_PIXELS,
+    max_body_bytes: MaxBodyBytesOpt = DEFAULT_MAX_BODY_BYTES,
     api_key_env: ApiKeyEnvOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     device: DeviceOpt = DEFAULT_DEVICE,
@@ -165,6 +178,10 @@ def serve_chat(
         max_batch_size=max_batch_size,
         max_image_pixels=max_image_pixels,
         max_request_pixels=max_request_pixels,
+        max_body_bytes=max_body_bytes,
+        max_n=max_n,
+        max_tokens_limit=max_tokens_limit,
+        request_timeout_s=timeout,
         api_key=api_key,
     )
     _warn_if_exposed(host, api_key)

@@ -49,7 +49,9 @@ ERROR_TYPES = {
     500: "InternalServerError",
     501: "NotImplementedError",
     503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
 }
+OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 logger = logging.getLogger("headvec.serving")
 
 T = TypeVar("T")
@@ -66,11 +68,12 @@ def require_fastapi() -> None:
 
 
 class RequestError(Exception):
-    """A request the server refuses: HTTP status, a one-line message, and the offending field."""
+    """A request the server refuses: HTTP status, a one-line message, the offending field, and (OpenAI
+    style only) a machine-readable code such as ``context_length_exceeded``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -85,35 +88,59 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     }
 
 
+def openai_error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape (what its official client parses): ``type`` a snake-case kind, ``code`` a
+    string or null; the HTTP status is the response's."""
+    kind = OPENAI_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_builder(style: str) -> Callable[..., dict[str, Any]]:
+    """``"vllm"`` (the default: ``code`` is the HTTP status) or ``"openai"``."""
+    if style == "openai":
+        return openai_error_body
+    return lambda status, message, param=None, code=None: error_body(status, message, param)
+
+
+def _union_tag(part: object) -> bool:
+    """Pydantic names the member of a union it tried (``stop.list[str].0``); a client needs the field."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "none"} or "[" in part)
+
+
 def validation_error(errors: Sequence[dict[str, Any]], prefix: tuple = ()) -> RequestError:
     """422 naming the first bad field (``items.0.response: Field required``) and how many more."""
     first = errors[0]
-    loc = [str(part) for part in first["loc"] if part not in prefix]
+    loc = [str(part) for part in first["loc"] if part not in prefix and not _union_tag(part)]
     param = ".".join(loc) or None
     where = f"{param}: " if param else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return RequestError(422, f"malformed request: {where}{first['msg']}{more}", param)
 
 
-def install_error_handlers(app: Any) -> None:
-    """Answer RequestError, FastAPI's own validation errors and unexpected errors with :func:`error_body`."""
+def install_error_handlers(app: Any, style: str = "vllm") -> None:
+    """Answer RequestError, FastAPI's own validation errors and unexpected errors in one shape
+    (:func:`error_body`, or :func:`openai_error_body` with ``style="openai"``)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
+    body = error_builder(style)
+
     @app.exception_handler(RequestError)
     async def request_error(request: Any, exc: RequestError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.message, exc.param), status_code=exc.status)
+        return JSONResponse(body(exc.status, exc.message, exc.param, exc.code), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Any, exc: RequestValidationError) -> JSONResponse:
         error = validation_error(exc.errors(), prefix=("body",))
-        return JSONResponse(error_body(error.status, error.message, error.param), status_code=422)
+        return JSONResponse(body(error.status, error.message, error.param), status_code=error.status)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Any, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error serving %s", request.url.path)
         message = f"internal error: {type(exc).__name__}: {exc}"
-        return JSONResponse(error_body(500, message), status_code=500)
+        return JSONResponse(body(500, message), status_code=500)
 
 
 async def read_body(request: Any, max_body_bytes: int) -> bytes:
@@ -232,8 +259,9 @@ class ApiKeyMiddleware:
     """Every HTTP request must carry ``Authorization: Bearer <key>``, else 401 in the error shape
     (a pure ASGI middleware, so client disconnects still reach the endpoint)."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(self, app: Any, api_key: str, style: str = "vllm") -> None:
         self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.body = error_builder(style)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -244,9 +272,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         what = "wrong API key" if given else "missing API key"
-        body = json.dumps(
-            error_body(401, f"{what}: send the header 'Authorization: Bearer <key>' (the server's key)")
-        ).encode()
+        message = f"{what}: send the header 'Authorization: Bearer <key>' (the server's key)"
+        body = json.dumps(self.body(401, message, None, "invalid_api_key")).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -373,12 +400,17 @@ class DynamicBatcher(Generic[T, R]):
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(
-        self, items: Sequence[T], receive: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self,
+        items: Sequence[T],
+        receive: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        timeout: float | None = None,
     ) -> list[R]:
         """Queue one request's items and wait for their results (in the same order).
 
         ``receive`` is the ASGI receive of a request whose body was already read: its next message is
         ``http.disconnect`` when the client hangs up, and then the request's queued items are dropped.
+        After ``timeout`` seconds the request fails with 504 and its queued items are dropped too (an
+        item already running finishes: the model cannot be interrupted).
         """
         if not items:
             return []
@@ -391,13 +423,17 @@ class DynamicBatcher(Generic[T, R]):
             self.pending.append(Pending(job, index, item))
         assert self.wakeup is not None
         self.wakeup.set()
-        if receive is None:
-            return await job.future
-        watcher = asyncio.ensure_future(self._watch_disconnect(receive, job))
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive, job)) if receive else None
         try:
-            return await job.future
+            await asyncio.wait({job.future}, timeout=timeout)
+            if not job.future.done():
+                message = f"no result within {timeout:g} s; retry later or ask for less work"
+                job.future.set_exception(RequestError(504, message))
+                self.drop(job)
+            return job.future.result()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     async def _watch_disconnect(self, receive: Callable[[], Awaitable[dict[str, Any]]], job: Job) -> None:
         while not job.future.done():
