@@ -100,19 +100,36 @@ def test_a_differential_attention_model_is_refused_by_name():
         discover_architecture(DiffLlamaForCausalLM(config))
 
 
-def test_a_hybrid_stack_is_named_as_mixed_not_unknown():
-    """Jamba interleaves state-space and attention layers: say so, instead of 'register it'."""
+def _jamba():
     from transformers import JambaConfig, JambaForCausalLM
-
-    from headvec.arch import discover_architecture
-    from headvec.errors import UnknownArchitectureError
 
     config = JambaConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
         expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
     )  # fmt: skip
-    with pytest.raises(
-        UnknownArchitectureError, match=r"mixed layer stack \(model\.layers: layers 0, 2 of 4"
-    ):
-        discover_architecture(JambaForCausalLM(config))
+    return JambaForCausalLM(config)
+
+
+def _mllama_text():
+    from transformers import MllamaForCausalLM, MllamaTextConfig
+
+    config = MllamaTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, cross_attention_layers=[1], pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return MllamaForCausalLM(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "lacking"),
+    [(_jamba, r"layers 0, 2 of 4 have no self_attn\.o_proj"), (_mllama_text, r"layers 1 of 3 have no")],
+    ids=["jamba", "mllama"],
+)
+def test_a_mixed_stack_is_named_as_mixed_not_unknown(build, lacking):
+    """Jamba interleaves state-space layers, Mllama cross-attention layers: say so, not 'register it'."""
+    from headvec.arch import discover_architecture
+    from headvec.errors import UnknownArchitectureError
+
+    with pytest.raises(UnknownArchitectureError, match=rf"mixed layer stack \(model\.layers: {lacking}"):
+        discover_architecture(build())

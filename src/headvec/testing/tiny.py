@@ -25,17 +25,27 @@ from transformers import (
     DeepseekV3Config,
     FalconConfig,
     Gemma2Config,
+    Gemma3Config,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
     Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
     GPTJConfig,
     GPTNeoXConfig,
+    Idefics2Config,
+    Idefics2ImageProcessorPil,
+    Idefics2PerceiverConfig,
+    Idefics2Processor,
+    Idefics2VisionConfig,
     Idefics3Config,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
     Idefics3VisionConfig,
     LlamaConfig,
     LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessorPil,
     LlavaNextProcessor,
     LlavaOnevisionConfig,
     LlavaOnevisionImageProcessorPil,
@@ -84,9 +94,12 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     *_TEXT_ARCHITECTURES,
     "llava",
     "llava_onevision",
+    "llava_next",
+    "gemma3",
     "qwen2_vl",
     "qwen2_5_vl",
     "idefics3",
+    "idefics2",
     "paligemma",
 )
 TEXT_ONLY: frozenset[str] = frozenset(_TEXT_ARCHITECTURES)
@@ -316,6 +329,11 @@ _GEMMA_TEMPLATE = (
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}"
     )
+)
+
+# Gemma 3 marks an image's place with <start_of_image>; its processor expands it into the soft tokens.
+_GEMMA3_TEMPLATE = _GEMMA_TEMPLATE.replace(
+    "render(m['content'], '')", "render(m['content'], '<start_of_image>')"
 )
 
 _PHI3_TEMPLATE = _RENDER + (
@@ -649,6 +667,85 @@ def _llava_onevision() -> _Built:
     return config, processor
 
 
+def _llava_next() -> _Built:
+    spec = _TokSpec(
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        add_bos=True,
+        chat_template=_LLAVA_TEMPLATE,
+        named={"image_token": "<image>"},
+    )
+    tokenizer = _build_tokenizer(spec)
+    # LLaVA-1.6: any-resolution tiles (a base view plus a grid of crops) through a CLIP tower that keeps
+    # its CLS token, a Mistral language model.
+    pinpoints = [[_IMAGE, _IMAGE], [_IMAGE, 2 * _IMAGE], [2 * _IMAGE, _IMAGE], [2 * _IMAGE, 2 * _IMAGE]]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": _IMAGE},
+        crop_size={"height": _IMAGE, "width": _IMAGE},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_LLAVA_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**_vision_dims(projection_dim=32)),
+        text_config=MistralConfig(**_text_dims(_vocab_size(tokenizer), _token_ids(tokenizer, spec))),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return config, processor
+
+
+def _gemma3() -> _Built:
+    spec = _TokSpec(
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        add_bos=True,
+        chat_template=_GEMMA3_TEMPLATE,
+        named={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
+    )
+    tokenizer = _build_tokenizer(spec)
+    # SigLIP tower; the projector average-pools its 4x4 patches to 2x2 = 4 soft tokens per image.
+    image_processor = Gemma3ImageProcessorPil(size={"height": _IMAGE, "width": _IMAGE}, do_pan_and_scan=False)
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=_GEMMA3_TEMPLATE,
+        image_seq_length=4,
+    )
+    ids = _token_ids(tokenizer, spec)
+    dims = _text_dims(_vocab_size(tokenizer), ids, num_hidden_layers=2, head_dim=32)
+    text = Gemma3TextConfig(
+        **dims,
+        query_pre_attn_scalar=32,
+        sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    convert = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=SiglipVisionConfig(**_vision_dims()),
+        mm_tokens_per_image=4,
+        boi_token_index=convert("<start_of_image>"),
+        eoi_token_index=convert("<end_of_image>"),
+        image_token_index=convert("<image_soft_token>"),
+    )
+    return config, processor
+
+
 def _qwen_vl(config_cls: type[Qwen2VLConfig] | type[Qwen2_5_VLConfig]) -> _Built:
     spec = _TokSpec(
         bos=None,
@@ -729,6 +826,40 @@ def _idefics3() -> _Built:
     return config, processor
 
 
+def _idefics2() -> _Built:
+    spec = _TokSpec(
+        bos="<s>",
+        eos="<end_of_utterance>",
+        pad="<pad>",
+        add_bos=True,
+        chat_template=_IDEFICS3_TEMPLATE,
+        named={"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"},
+    )
+    tokenizer = _build_tokenizer(spec)
+    tokenizer.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    # A perceiver resampler turns each image's 16 patches into 4 latents (the <image> tokens).
+    image_processor = Idefics2ImageProcessorPil(
+        size={"longest_edge": _IMAGE, "shortest_edge": _IMAGE}, do_image_splitting=False
+    )
+    processor = Idefics2Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=_IDEFICS3_TEMPLATE,
+    )
+    perceiver = Idefics2PerceiverConfig(
+        hidden_size=_HIDDEN, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+        resampler_head_dim=16, num_key_value_heads=1,
+    )  # fmt: skip
+    config = Idefics2Config(
+        vision_config=Idefics2VisionConfig(**_vision_dims()),
+        perceiver_config=perceiver,
+        text_config=MistralConfig(**_text_dims(_vocab_size(tokenizer), _token_ids(tokenizer, spec))),
+        image_token_id=tokenizer.image_token_id,
+    )
+    return config, processor
+
+
 def _paligemma() -> _Built:
     # No chat template: the processor itself builds "<image>*N<bos>prompt\n".
     spec = _TokSpec(
@@ -775,9 +906,12 @@ _BUILDERS: dict[str, Callable[[], _Built]] = {
     "bloom": _bloom,
     "llava": _llava,
     "llava_onevision": _llava_onevision,
+    "llava_next": _llava_next,
+    "gemma3": _gemma3,
     "qwen2_vl": functools.partial(_qwen_vl, Qwen2VLConfig),
     "qwen2_5_vl": functools.partial(_qwen_vl, Qwen2_5_VLConfig),
     "idefics3": _idefics3,
+    "idefics2": _idefics2,
     "paligemma": _paligemma,
 }
 
