@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from headvec import load
 from headvec.cli import app
 from headvec.errors import DataError, HeadvecError
-from headvec.evaluation.classification import evaluate_classification
+from headvec.evaluation.classification import evaluate_classification, results_markdown
 from headvec.evaluation.classification_tasks import topics_task
 from headvec.methods.sav import ClassifierInput, SparseAttentionVectors, head_scores, rank_heads, vote
 from headvec.testing import TINY_ARCHITECTURES
@@ -106,6 +106,9 @@ def test_sav_classifies_real_minilm_topics_better_than_chance(minilm):
     probe = results["by_shots"]["5"]["probe_last_layer"]["accuracy"]
     assert sav >= 0.6, sav  # chance is 0.2
     assert 0 <= probe <= 1 and "icl" not in results["by_shots"]["5"]  # an encoder cannot generate
+    labels = task.test_labels
+    assert results["majority"] == max(labels.count(c) for c in set(labels)) / len(labels)
+    assert "(always the majority class)" in results_markdown(results)
 
 
 def test_errors_name_the_problem(minilm, topics, tiny_model_dir, tmp_path):

@@ -33,7 +33,7 @@ from headvec.engine import HeadEngine
 from headvec.errors import DataError
 from headvec.methods.sav import ClassifierInput, SparseAttentionVectors
 from headvec.models import Example, LoadedModel
-from headvec.stats import bootstrap_ci
+from headvec.stats import bootstrap_ci, majority_rate
 
 DEFAULT_SHOTS = (1, 2, 5, 10, 20)
 DEFAULT_HEAD_COUNTS = (1, 2, 5, 10, 20, 40, 80)
@@ -78,7 +78,8 @@ def _normalise(text: str) -> str:
     return text.strip().strip(".").strip().lower()
 
 
-def _accuracy_summary(hits: Sequence[bool], seed: int) -> dict[str, float]:
+def _accuracy_summary(hits: Sequence[bool] | Sequence[Sequence[bool]], seed: int) -> dict[str, float]:
+    """Accuracy and its interval; ``[draws][items]`` hits get the two-level bootstrap."""
     mean, low, high = bootstrap_ci(np.asarray(hits, dtype=float), seed=seed)
     return {"accuracy": mean, "ci_low": low, "ci_high": high}
 
@@ -171,6 +172,7 @@ def evaluate_classification(
         "n_heads": n_heads,
         "seed": seed,
         "n_draws": n_draws,
+        "majority": majority_rate(list(test_labels)),
         "template": task.template,
         "by_shots": {},
         "meta": task.meta,
@@ -189,27 +191,29 @@ def evaluate_classification(
         return [p == y for p, y in zip(names, test_labels, strict=True)], model
 
     for k in tqdm(list(shots), desc=f"{task.name}: shots", disable=not progress):
-        hits: dict[str, list[bool]] = {}
+        hits: dict[str, list[list[bool]]] = {}  # method -> one list of test-item hits per draw
         in_prompt: list[int] = []
         auto_counts: list[int] = []
         for draw in range(n_draws):
             indices = draw_shots(task.pool_labels, k, seed + 1000 * draw + k)
             train_labels = [task.pool_labels[i] for i in indices]
-            hits.setdefault("sav", []).extend(sav_hits(indices, "leave_one_out" if k >= 2 else "leave_in")[0])
-            hits.setdefault("sav_leave_in", []).extend(sav_hits(indices, "leave_in")[0])
+            hits.setdefault("sav", []).append(sav_hits(indices, "leave_one_out" if k >= 2 else "leave_in")[0])
+            hits.setdefault("sav_leave_in", []).append(sav_hits(indices, "leave_in")[0])
             auto_hits, auto_model = sav_hits(indices, "leave_one_out" if k >= 2 else "leave_in", "auto")
-            hits.setdefault("sav_auto", []).extend(auto_hits)
+            hits.setdefault("sav_auto", []).append(auto_hits)
             auto_counts.append(auto_model.n_heads_)
             for name, train_x, test_x in (
                 ("probe_last_layer", pool_last[indices], test_last),
                 ("probe_all_heads", pool_heads[indices].flatten(1), test_heads.flatten(1)),
             ):
                 predicted = _probe(train_x.numpy(), train_labels, test_x.numpy(), seed)
-                hits.setdefault(name, []).extend(p == y for p, y in zip(predicted, test_labels, strict=True))
+                hits.setdefault(name, []).append(
+                    [p == y for p, y in zip(predicted, test_labels, strict=True)]
+                )
             if generator is not None:
                 used = generator.fitting_shots(indices)
                 in_prompt.append(len(used))
-                hits.setdefault("icl", []).extend(generator.accuracy(used))
+                hits.setdefault("icl", []).append(list(generator.accuracy(used)))
         row = {name: _accuracy_summary(values, seed) for name, values in hits.items()}
         row["sav"]["scoring"] = "leave_one_out" if k >= 2 else "leave_in"
         row["sav_auto"]["heads_chosen"] = auto_counts
@@ -260,6 +264,12 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"classes: {', '.join(results['classes'])})",
         "",
     ]
+    if "majority" in results:
+        lines += [
+            f"chance: {1 / len(results['classes']):.3f} (uniform), "
+            f"{results['majority']:.3f} (always the majority class)",
+            "",
+        ]
     if "zero_shot" in results:
         lines += [f"zero-shot generation: {_cell(results['zero_shot'])}", ""]
     lines += [
@@ -311,7 +321,9 @@ def save_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         high = np.array([r["ci_high"] for r in rows])
         ax.plot(shots, acc, marker="o", label=label)
         ax.fill_between(shots, low, high, alpha=0.12)
-    ax.axhline(1 / len(results["classes"]), color="black", lw=0.6, ls="--", label="chance")
+    ax.axhline(1 / len(results["classes"]), color="black", lw=0.6, ls="--", label="chance (uniform)")
+    if "majority" in results:
+        ax.axhline(results["majority"], color="black", lw=0.9, ls="-.", label="majority class")
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("shots per class")
