@@ -498,3 +498,23 @@ def test_cli_api_key_env_and_pixel_options(tmp_path, monkeypatch):
         assert test_client.get("/health").status_code == 401
         limits = test_client.get("/health", headers={"Authorization": "Bearer k3y"}).json()["limits"]
     assert (limits["max_image_pixels"], limits["max_request_pixels"], limits["auth"]) == (1000, 2000, True)
+
+
+def test_the_context_check_tokenizes_only_items_that_might_not_fit(activation_rm, monkeypatch):
+    from headvec.serving.core import RequestError
+    from headvec.serving.rm import ScoreJob, context_check
+
+    check = context_check(activation_rm)
+    counted: list[object] = []
+    original = check.loaded.token_count
+    monkeypatch.setattr(
+        check.loaded, "token_count", lambda prompt: counted.append(prompt) or original(prompt)
+    )
+    check(ScoreJob("What colour is the sky?", "Blue", None, "items.0"))
+    check(ScoreJob("How many legs does a spider have?", "Eight", None, "items.0"))
+    assert len(counted) == 1  # the template alone, once; short items are not tokenized
+    check(ScoreJob("sky " * 120, "Blue", None, "items.0"))  # might not fit by its bytes: counted, fits
+    assert len(counted) == 2
+    with pytest.raises(RequestError, match="takes at most 512") as caught:
+        check(ScoreJob("sky " * 600, "Blue", None, "items.3"))
+    assert caught.value.status == 413 and caught.value.param == "items.3"

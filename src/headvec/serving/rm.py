@@ -102,6 +102,38 @@ def rewards_of(scorer: Scorer) -> Callable[[list[ScoreJob]], list[float | None]]
     return process
 
 
+class ContextCheck:
+    """Refuses (413) an item whose model prompt is longer than the context. A text-only item whose UTF-8
+    bytes plus the template's own tokens fit is passed without tokenizing it (no tokenizer makes more
+    tokens than bytes, save a few specials), so short items cost nothing; images are always counted."""
+
+    MARGIN = 16
+
+    def __init__(self, builder: Any, loaded: Any, limit: int) -> None:
+        self.builder, self.loaded, self.limit = builder, loaded, limit
+        self.template_tokens: int | None = None
+
+    def tokens(self, prompt: str, response: str, image: Image.Image | None) -> int:
+        (built,) = self.builder.prompts([prompt], [response], [image])
+        return int(self.loaded.token_count(built))
+
+    def __call__(self, job: ScoreJob) -> None:
+        if job.image is None:
+            if self.template_tokens is None:
+                self.template_tokens = self.tokens("", "", None)
+            size = len(job.prompt.encode()) + len(job.response.encode())
+            if self.template_tokens + size + self.MARGIN <= self.limit:
+                return
+        tokens = self.tokens(job.prompt, job.response, job.image)
+        if tokens > self.limit:
+            raise RequestError(
+                413,
+                f"{job.where} makes a prompt of {tokens} tokens; {self.loaded.name_or_path} takes at most "
+                f"{self.limit}: shorten the prompt or the response",
+                job.where,
+            )
+
+
 def context_check(scorer: Any) -> Callable[[ScoreJob], None] | None:
     """Per-item validation for scorers that build model prompts (activation RMs, verdict judges): a
     prompt longer than the model's context is refused with 413 before it can fail a whole batch.
@@ -118,21 +150,7 @@ def context_check(scorer: Any) -> Callable[[ScoreJob], None] | None:
         loaded = getattr(builder, "loaded", None)
         limit = getattr(getattr(loaded, "arch", None), "max_positions", None)
         if callable(getattr(builder, "prompts", None)) and hasattr(loaded, "token_count") and limit:
-
-            def check_context(
-                job: ScoreJob, builder: Any = builder, loaded: Any = loaded, limit: int = int(limit)
-            ) -> None:
-                (prompt,) = builder.prompts([job.prompt], [job.response], [job.image])
-                tokens = loaded.token_count(prompt)
-                if tokens > limit:
-                    raise RequestError(
-                        413,
-                        f"{job.where} makes a prompt of {tokens} tokens; {loaded.name_or_path} takes at "
-                        f"most {limit}: shorten the prompt or the response",
-                        job.where,
-                    )
-
-            return check_context
+            return ContextCheck(builder, loaded, int(limit))
     return None
 
 
