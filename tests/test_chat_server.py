@@ -186,3 +186,26 @@ def test_a_request_past_its_timeout_gets_504_and_its_queued_work_is_dropped():
     result, error = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert result == [1] and processed == [1]
     assert isinstance(error, RequestError) and error.status == 504
+
+
+def test_a_prompt_beyond_the_context_fails_alone_in_its_batch(toy, client):
+    import httpx
+
+    alone = client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 3}).json()
+    app = create_app(toy, "toy", max_batch_size=8, max_wait_ms=300)
+    long = [{"role": "user", "content": "red ball " * 400}]
+    bodies = [{"messages": long if i == 2 else QUESTION, "max_tokens": 3} for i in range(6)]
+
+    async def send() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
+            return await asyncio.gather(*(http.post("/v1/chat/completions", json=b) for b in bodies))
+
+    responses = asyncio.run(asyncio.wait_for(send(), 60))
+    assert [r.status_code for r in responses] == [200, 200, 400, 200, 200, 200]
+    assert _openai_error(responses[2], 400)["code"] == "context_length_exceeded"
+    expected = alone["choices"][0]["message"]["content"]
+    assert all(
+        r.json()["choices"][0]["message"]["content"] == expected for i, r in enumerate(responses) if i != 2
+    )
+    assert app.state.batcher.stats.refused_items == 1 and app.state.batcher.stats.max_batch == 6

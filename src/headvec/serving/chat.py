@@ -68,13 +68,17 @@ class ChatRequest(BaseModel):
 
 @dataclass
 class ChatJob:
-    """One generation: the built prompt and its sampling settings."""
+    """One generation: the built prompt, the ``max_tokens`` asked for (None: the default) and the sampling
+    settings. ``prompt_tokens`` and the final ``max_tokens`` are set on the model's thread (the tokenizer
+    is not safe to share between threads) just before the job is batched."""
 
     prompt: Any
-    max_tokens: int
+    requested: int | None
     temperature: float
     top_p: float
     seed: int | None
+    max_tokens: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -216,9 +220,54 @@ def create_app(
     check_positive(default_max_tokens=default_max_tokens, max_n=max_n, max_body_bytes=max_body_bytes)
     if max_tokens_limit is not None:
         check_positive(max_tokens_limit=max_tokens_limit)
-    batcher = DynamicBatcher(generator(loaded), max_batch_size, max_wait_ms, max_queue_items, "headvec-chat")
     image_limits = ImageLimits(max_image_pixels, max_request_pixels)
     context = getattr(getattr(loaded, "arch", None), "max_positions", None)
+
+    def fit_in_context(job: ChatJob) -> None:
+        """On the model's thread, before batching: count the prompt's tokens and settle ``max_tokens``."""
+        job.prompt_tokens = int(loaded.token_count(job.prompt))
+        job.max_tokens = max_tokens_for(job.requested, job.prompt_tokens)
+
+    def max_tokens_for(requested: int | None, prompt_tokens: int) -> int:
+        """The requested (or default) max_tokens, refused when it does not fit in the context."""
+        if max_tokens_limit is not None and requested is not None and requested > max_tokens_limit:
+            raise RequestError(
+                400,
+                f"max_tokens is {requested}; this server generates at most {max_tokens_limit} "
+                "(server option max_tokens_limit)",
+                "max_tokens",
+            )
+        room = None if context is None else context - prompt_tokens
+        if room is not None and room < 1:
+            raise RequestError(
+                400,
+                f"this model's maximum context length is {context} tokens; the messages have "
+                f"{prompt_tokens}: shorten them",
+                "messages",
+                "context_length_exceeded",
+            )
+        if requested is None:
+            caps = [default_max_tokens, room, max_tokens_limit]
+            return min(c for c in caps if c is not None)
+        if room is not None and requested > room:
+            raise RequestError(
+                400,
+                f"this model's maximum context length is {context} tokens; you requested "
+                f"{prompt_tokens + requested} ({prompt_tokens} in the messages, {requested} in the "
+                f"completion): lower max_tokens to at most {room} or shorten the messages",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        return requested
+
+    batcher = DynamicBatcher(
+        generator(loaded),
+        max_batch_size,
+        max_wait_ms,
+        max_queue_items,
+        "headvec-chat",
+        validate=fit_in_context,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -251,39 +300,6 @@ def create_app(
             raise RequestError(400, f"stop has {len(stop)} sequences; at most {MAX_STOP_SEQUENCES}", "stop")
         return stop
 
-    def max_tokens_for(body: ChatRequest, prompt_tokens: int) -> int:
-        """The requested (or default) max_tokens, refused when it does not fit in the context."""
-        requested = body.max_tokens or body.max_completion_tokens
-        if max_tokens_limit is not None and requested is not None and requested > max_tokens_limit:
-            raise RequestError(
-                400,
-                f"max_tokens is {requested}; this server generates at most {max_tokens_limit} "
-                "(server option max_tokens_limit)",
-                "max_tokens",
-            )
-        room = None if context is None else context - prompt_tokens
-        if room is not None and room < 1:
-            raise RequestError(
-                400,
-                f"this model's maximum context length is {context} tokens; the messages have "
-                f"{prompt_tokens}: shorten them",
-                "messages",
-                "context_length_exceeded",
-            )
-        if requested is None:
-            caps = [default_max_tokens, room, max_tokens_limit]
-            return min(c for c in caps if c is not None)
-        if room is not None and requested > room:
-            raise RequestError(
-                400,
-                f"this model's maximum context length is {context} tokens; you requested "
-                f"{prompt_tokens + requested} ({prompt_tokens} in the messages, {requested} in the "
-                f"completion): lower max_tokens to at most {room} or shorten the messages",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        return requested
-
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
         try:
@@ -296,22 +312,19 @@ def create_app(
         if images and not loaded.is_multimodal:
             images = []
 
-        def build() -> tuple[Any, int]:
-            prompt = loaded.build_prompt(text, images, system=system)
-            return prompt, loaded.token_count(prompt)
-
         try:
-            prompt, prompt_tokens = await asyncio.to_thread(build)
+            prompt = loaded.build_prompt(text, images, system=system)  # a template; nothing is tokenized
         except (HeadvecError, ValueError) as exc:  # a bad image or template: the request is at fault
             raise RequestError(400, str(exc), "messages") from None
-        max_tokens = max_tokens_for(body, prompt_tokens)
+        requested = body.max_tokens or body.max_completion_tokens
         temperature = float(body.temperature or 0.0)
         top_p = float(body.top_p or 1.0)
         jobs = [
-            ChatJob(prompt, max_tokens, temperature, top_p, None if body.seed is None else body.seed + i)
+            ChatJob(prompt, requested, temperature, top_p, None if body.seed is None else body.seed + i)
             for i in range(body.n)
         ]
         outputs = await batcher.submit(jobs, receive=request.receive, timeout=request_timeout_s)
+        prompt_tokens = jobs[0].prompt_tokens
         choices, completion_tokens = [], 0
         for index, completion in enumerate(outputs):
             content, stopped = apply_stop(completion.text, stop)
