@@ -96,3 +96,27 @@ def test_prompts_use_the_chat_template_and_place_images(tiny_model_dir, qwen2_vl
     assert prompt.templated and prompt.text.index("<|image_pad|>") < prompt.text.index("What is shown?")
     gpt2 = load(tiny_model_dir("gpt2"))  # a base model: no template, raw text
     assert gpt2.build_prompt("plain text").text == "plain text"
+
+
+def test_capture_batches_by_length_and_returns_the_given_order(llama, monkeypatch):
+    """Sorted batches pad less, and every row still belongs to the prompt at its index."""
+    text = "the quick brown fox jumps over the lazy dog near the river bank every day"
+    words = text.split(" ")
+    prompts = [" ".join(words[: 1 + (i * 7) % len(words)]) for i in range(16)]  # lengths shuffled
+    engine = HeadEngine(llama)
+    processed: list[int] = []
+    real = engine.capture_batch
+
+    def counting(inputs, *args, **kwargs):
+        processed.append(int(inputs["input_ids"].numel()))
+        return real(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "capture_batch", counting)
+    given = engine.capture(prompts, batch_size=4, residual=True, sort_window=0)
+    given_tokens, processed[:] = sum(processed), []
+    sorted_ = engine.capture(prompts, batch_size=4, residual=True)
+    assert sum(processed) < 0.8 * given_tokens
+    torch.testing.assert_close(sorted_.heads, given.heads, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sorted_.residual, given.residual, atol=1e-5, rtol=1e-4)
+    one = engine.capture([prompts[5]], residual=True)  # row 5 is prompt 5, alone
+    torch.testing.assert_close(sorted_.heads[5], one.heads[0], atol=1e-5, rtol=1e-4)

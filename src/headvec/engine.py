@@ -281,20 +281,35 @@ class HeadEngine:
         residual: bool = False,
         logits: bool = False,
         progress: bool = False,
+        sort_window: int = 1024,
     ) -> Capture:
-        """Capture head outputs for many prompts, in batches (strings are used as raw text)."""
+        """Capture head outputs for many prompts, in batches (strings are used as raw text).
+
+        Within each window of ``sort_window`` prompts, batches are formed from prompts of similar length
+        (less padding to compute), and the results come back in the order of ``prompts``; 0 keeps the
+        given order.
+        """
+        prompts = as_prompts(prompts)
+        order = length_order(prompts, sort_window)
         parts = [
             self.capture_batch(self.loaded.encode(batch), layers, positions, residual=residual, logits=logits)
             for batch in tqdm(
-                list(iter_batches(as_prompts(prompts), batch_size)), desc="capture", disable=not progress
+                list(iter_batches([prompts[i] for i in order], batch_size)),
+                desc="capture",
+                disable=not progress,
             )
         ]
+        restore = torch.argsort(torch.tensor(order))
+
+        def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(tensors)[restore]
+
         return Capture(
-            heads=torch.cat([p.heads for p in parts]),
+            heads=joined([p.heads for p in parts]),
             layers=parts[0].layers,
             positions=positions,
-            residual=torch.cat([p.residual for p in parts]) if residual else None,
-            logits=torch.cat([p.logits for p in parts]) if logits else None,
+            residual=joined([p.residual for p in parts]) if residual else None,
+            logits=joined([p.logits for p in parts]) if logits else None,
         )
 
     # ------------------------------------------------------------------ patch
@@ -393,6 +408,18 @@ class HeadEngine:
 
 def as_prompts(prompts: Sequence[Prompt | str]) -> list[Prompt]:
     return [p if isinstance(p, Prompt) else Prompt(text=p) for p in prompts]
+
+
+def length_order(prompts: Sequence[Prompt], window: int) -> list[int]:
+    """Indices of ``prompts`` sorted by length (characters; prompts with images apart) within each
+    consecutive ``window``, so a batch pads little; ``window`` 0 or 1 keeps the order."""
+    if window <= 1:
+        return list(range(len(prompts)))
+    order: list[int] = []
+    for start in range(0, len(prompts), window):
+        chunk = range(start, min(start + window, len(prompts)))
+        order += sorted(chunk, key=lambda i: (bool(prompts[i].images), len(prompts[i].text)))
+    return order
 
 
 def iter_batches(prompts: Sequence[Prompt], batch_size: int) -> Iterator[list[Prompt]]:
