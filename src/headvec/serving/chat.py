@@ -7,10 +7,10 @@ limits) and optional API key as the reward-model server, but errors use OpenAI's
 (``{"error": {"message", "type", "param", "code"}}``, ``type`` e.g. ``invalid_request_error``), which
 OpenAI's client shows. Wrong types and out-of-range values get 400 naming the field before the request
 is queued; a prompt longer than the context or ``max_tokens`` beyond the room left in it get 400
-``context_length_exceeded`` from the check just before batching (that request alone fails). ``usage`` counts real tokens; ``finish_reason`` is ``"length"`` when
-``max_tokens`` cut the answer. By default one request is generated at a time (``max_batch_size=1``);
-with a larger batch, greedy requests with the same ``max_tokens`` are generated together. Binds to
-127.0.0.1 unless told otherwise.
+``context_length_exceeded`` from the check just before batching (that request alone fails). ``usage``
+counts real tokens; ``finish_reason`` is ``"length"`` when ``max_tokens`` cut the answer. By default one
+request is generated at a time (``max_batch_size=1``); with a larger batch, greedy requests with the
+same ``max_tokens`` are generated together. Binds to 127.0.0.1 unless told otherwise.
 """
 
 import asyncio
