@@ -17,12 +17,22 @@ import torch
 from PIL import Image
 
 from headvec.errors import DataError, HeadvecError
-from headvec.harness import RunSettings, get_template, load_benchmark, run_benchmark, write_report
+from headvec.harness import (
+    DEFAULT_TEMPLATE,
+    RunSettings,
+    get_template,
+    load_benchmark,
+    run_benchmark,
+    write_report,
+)
 from headvec.harness.metrics import benchmark_metrics, item_decision
 from headvec.harness.prompts import (
     MRB_JUDGE_PROMPT,
+    RB_SYSTEM_PROMPT,
+    RB_USER_TEMPLATE,
     TEMPLATES,
     VLRB_JUDGE_PROMPT,
+    VLRB_VERDICT,
     parse_mrb_verdict,
     parse_vlrb_verdict,
 )
@@ -261,7 +271,8 @@ def test_official_judge_prompts_and_parsers():
     assert parse_vlrb_verdict("Overall, Answer 1 wins") is None
     assert parse_vlrb_verdict("I like both") is None
     mrb = get_template("mtbench").requests("Q", "x", "y")[0]
-    assert mrb == MRB_JUDGE_PROMPT.format(question="Q", answer_a="x", answer_b="y") and "\\n" in mrb
+    assert mrb == MRB_JUDGE_PROMPT.format(question="Q", answer_a="x", answer_b="y")
+    assert "[User Question]\nQ\n\n[The Start of Assistant A's Answer]\nx\n" in mrb and "\\n" not in mrb
     assert parse_mrb_verdict("Final verdict: [[B]]") == "B" and parse_mrb_verdict("A is better") is None
     toy = get_template("toyworld")
     assert toy.requests("how many red objects ?", "two .", "three")[0] == (
@@ -273,6 +284,60 @@ def test_official_judge_prompts_and_parsers():
         "tie",
         None,
     ]
+
+
+OFFICIAL = Path(__file__).parent / "fixtures" / "official_prompts"  # upstream strings, see SOURCES.md
+
+
+def test_prompts_equal_the_pinned_upstream_strings():
+    def pinned(name: str) -> str:
+        return (OFFICIAL / name).read_text(encoding="utf-8")
+
+    assert pinned("mrb_judge_prompt.txt") == MRB_JUDGE_PROMPT  # real newlines, as the script sends them
+    assert pinned("vlrb_judge_prompt.txt") == VLRB_JUDGE_PROMPT
+    assert VLRB_VERDICT.pattern == pinned("vlrb_verdict_pattern.txt")
+    assert pinned("rb_system_prompt.txt") == RB_SYSTEM_PROMPT
+    assert pinned("rb_user_template.txt") == RB_USER_TEMPLATE
+    rb = get_template("rewardbench")
+    assert rb.system == RB_SYSTEM_PROMPT  # RewardBench's instructions go in the system message
+    assert rb.requests("Q", "x", "y") == [RB_USER_TEMPLATE.format(question="Q", answer_a="x", answer_b="y")]
+    assert get_template("mtbench").system is None and get_template("vlrewardbench").system is None
+    assert DEFAULT_TEMPLATE == {
+        "vlrewardbench": "vlrewardbench",
+        "multimodal-rewardbench": "mtbench",
+        "rewardbench": "rewardbench",
+    }
+
+
+def test_judges_send_the_templates_system_message():
+    from types import SimpleNamespace
+
+    from headvec.rewards.judges import LocalJudge
+
+    sent: list[list[dict]] = []
+
+    def create(**kwargs):
+        sent.append(kwargs["messages"])
+        message = SimpleNamespace(content="[[B]]")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+    for name in ("rewardbench", "mtbench"):
+        judge = OpenAIJudge("http://127.0.0.1:9/v1", "m", get_template(name), max_retries=0)
+        judge.client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+        assert judge.compare("Q", "x", "y").choice == "b"
+    rb_messages, mrb_messages = sent
+    assert rb_messages[0] == {"role": "system", "content": RB_SYSTEM_PROMPT}
+    assert rb_messages[1]["content"][0]["text"].startswith("[User Question]\nQ")
+    assert [m["role"] for m in mrb_messages] == ["user"]  # Multimodal RewardBench: one user message
+
+    seen: dict = {}
+    local = LocalJudge.__new__(LocalJudge)  # just the prompt building, no model
+    local.template = get_template("rewardbench")
+    local.loaded = SimpleNamespace(
+        is_multimodal=False, build_prompt=lambda text, images, system=None: seen.update(system=system)
+    )
+    local._prompt("text", None)
+    assert seen["system"] == RB_SYSTEM_PROMPT
 
 
 def _record(uid: str, category: str, outcomes: list[tuple[bool, str | None]], better: int = 0) -> dict:
@@ -315,6 +380,76 @@ def test_metrics_equal_the_official_formulas_by_hand():
     for c in cats.values():
         assert c["ci95"][0] <= c["accuracy"] <= c["ci95"][1]
     assert m["overall_ci95"][0] <= m["overall_accuracy"] <= m["overall_ci95"][1]
+
+
+def test_official_column_applies_each_benchmarks_rule_for_unparsed_items():
+    a, r, u, t = (False, "a"), (False, "b"), (False, None), (False, "tie")
+    records = (
+        [_record(f"c1-a{i}", "c1", [a]) for i in range(4)]
+        + [_record(f"c1-r{i}", "c1", [r]) for i in range(2)]
+        + [_record(f"c1-u{i}", "c1", [u]) for i in (1, 2, 3)]  # seed-0 coins for these three: 0, 0, 0
+        + [_record("c2-a0", "c2", [a]), _record("c2-r0", "c2", [r]), _record("c2-t0", "c2", [t])]  # coin: 1
+    )
+    by_benchmark = {b: benchmark_metrics(b, records) for b in ("vlrewardbench", "rewardbench")}
+    by_benchmark["multimodal-rewardbench"] = benchmark_metrics("multimodal-rewardbench", records)
+    expected = {  # (c1, c2, overall) by hand
+        "vlrewardbench": (4 / 6, 1 / 2, 5 / 8),  # dropped from the denominator
+        "rewardbench": (5.5 / 9, 1.5 / 3, 7 / 12),  # credited 0.5
+        "multimodal-rewardbench": (4 / 9, 2 / 3, 6 / 12),  # seeded coin flips
+    }
+    for benchmark, (c1, c2, overall) in expected.items():
+        m = by_benchmark[benchmark]
+        assert m["categories"]["c1"]["official_accuracy"] == pytest.approx(c1), benchmark
+        assert m["categories"]["c2"]["official_accuracy"] == pytest.approx(c2), benchmark
+        assert m["official_overall_accuracy"] == pytest.approx(overall), benchmark
+        assert m["official_macro_accuracy"] == pytest.approx((c1 + c2) / 2), benchmark
+        assert m["by_k"]["1"]["official_overall_accuracy"] == pytest.approx(overall), benchmark
+        # strict accuracy beside it: everything not agreed is wrong, whatever the benchmark
+        assert m["overall_accuracy"] == pytest.approx(5 / 12), benchmark
+        assert m["categories"]["c1"]["accuracy"] == pytest.approx(4 / 9), benchmark
+    assert (
+        benchmark_metrics("multimodal-rewardbench", records[::-1]) == by_benchmark["multimodal-rewardbench"]
+    )
+
+
+def test_rewardbench_score_credits_half_and_keeps_the_strict_score():
+    a, u = (False, "a"), (False, None)
+    records = [
+        {**_record("x0", "Chat", [a]), "subset": "alpacaeval-easy"},
+        {**_record("x1", "Chat", [u]), "subset": "alpacaeval-easy"},
+    ]
+    rb = benchmark_metrics("rewardbench", records)["rewardbench"]
+    assert rb["score"] == pytest.approx(0.75) and rb["sections"]["Chat"] == pytest.approx(0.75)
+    assert rb["strict_score"] == pytest.approx(0.5)
+
+
+def test_vlrewardbench_official_column_counts_other_answer_numbers_as_agreement():
+    def judged(uid: str, raw: str, better: int = 0) -> dict:
+        choice = {1: "a", 2: "b"}.get(parse_vlrb_verdict(raw) or 0)
+        sample = {
+            "swap": False,
+            "choice": choice,
+            "outcome": sample_outcome(better, False, choice),
+            "raw": raw,
+        }
+        return {
+            "uid": uid,
+            "category": "general",
+            "subset": "vlfeedback",
+            "better": better,
+            "samples": [sample],
+        }
+
+    records = [
+        judged("a", "Overall Judgment: Answer 1 is better."),
+        judged("b", "Overall Judgment: Answer 2 is better."),
+        judged("c", "Overall Judgment: Answer 3 is better."),  # cal.py: not the rejected answer -> agree
+        judged("d", "I cannot decide."),
+    ]
+    assert [r["samples"][0]["outcome"] for r in records] == ["agree", "reject", "unparsed", "unparsed"]
+    m = benchmark_metrics("vlrewardbench", records)
+    assert m["official_overall_accuracy"] == pytest.approx(2 / 3)  # a, c agree; b rejects; d dropped
+    assert m["overall_accuracy"] == pytest.approx(1 / 4) and m["unparsed_items"] == 2
 
 
 def test_majority_vote_over_k_and_position_bias():
@@ -364,6 +499,110 @@ def test_partial_last_line_is_cut_and_rerun_duplicates_nothing(vlrb_jsonl, tmp_p
     records = run_benchmark(items, settings, out)
     uids = [json.loads(line)["uid"] for line in path.read_text().splitlines()]
     assert len(uids) == len(set(uids)) == len(items) == len(records)
+
+
+def test_answer_order_follows_each_benchmarks_protocol_with_swapping_as_an_option(vlrb_jsonl, tmp_path):
+    items = load_benchmark("vlrewardbench", str(vlrb_jsonl))
+
+    def swaps(benchmark: str, out: str, order: str | None = None) -> list[list[bool]]:
+        settings = RunSettings(benchmark, "baseline:length", k=3, order=order)
+        records = run_benchmark(items, settings, tmp_path / out)
+        return [[s["swap"] for s in records[i.uid]["samples"]] for i in items]
+
+    # Multimodal RewardBench's script never swaps; VL-RewardBench and RewardBench shuffle each sample
+    assert swaps("multimodal-rewardbench", "mrb") == [[False] * 3] * len(items)
+    assert json.loads((tmp_path / "mrb" / "run.json").read_text())["order"] == "stored"
+    vl = [swap for sample in swaps("vlrewardbench", "vl") for swap in sample]
+    assert any(vl) and not all(vl)
+    # position-bias diagnostics: both orders on request
+    assert swaps("multimodal-rewardbench", "both", order="both") == [[False, True, False]] * len(items)
+    with pytest.raises(HeadvecError, match="unknown answer order 'sideways'"):
+        swaps("multimodal-rewardbench", "bad", order="sideways")
+
+
+def test_official_sampling_defaults_apply_unless_set(vlrb_jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from headvec.cli import app
+    from headvec.harness.runner import official_defaults
+
+    unset = {"k": None, "order": None, "temperature": None, "top_p": None, "max_new_tokens": None}
+    assert official_defaults("vlrewardbench", **unset) == {
+        "k": 10,
+        "order": "seeded",
+        "temperature": 0.2,
+        "top_p": 0.2,
+        "max_new_tokens": 2048,
+    }
+    mrb = official_defaults("multimodal-rewardbench", **unset)
+    assert mrb["max_new_tokens"] == 1024 and mrb["order"] == "stored" and mrb["k"] == 1
+    assert official_defaults("rewardbench", **unset)["max_new_tokens"] == 2048
+    assert official_defaults("vlrewardbench", **{**unset, "temperature": 0.0, "k": 2})["temperature"] == 0.0
+    assert TEMPLATES["vlrewardbench"].default_max_new_tokens == 2048  # verbose judges reach their verdict
+    assert TEMPLATES["mtbench"].default_max_new_tokens == 1024
+
+    assert official_defaults("vlrewardbench", sampling=False, **unset) == {**unset, "order": "seeded"}
+
+    def manifest_of(rm: str, name: str, *extra: str) -> dict:
+        """run.json of a CLI run (a dead endpoint fails after writing it, which is all this needs)."""
+        args = ["bench", "run", "vlrewardbench", "--rm", rm, "--data", str(vlrb_jsonl), "--device", "cpu"]
+        out = tmp_path / name
+        CliRunner().invoke(app, [*args, "--out", str(out), "--retries", "0", "--timeout", "2", *extra])
+        return json.loads((out / "run.json").read_text())
+
+    dead = "openai:http://127.0.0.1:9/v1:m"
+    manifest = manifest_of(dead, "default")
+    assert manifest["k"] == 10 and manifest["options"]["template"] == "vlrewardbench"
+    assert manifest["options"]["temperature"] == 0.2 and manifest["options"]["top_p"] == 0.2
+    assert manifest["options"]["max_new_tokens"] == 2048
+    given = ["--k", "2", "--temperature", "0", "--top-p", "0.9", "--max-new-tokens", "64"]
+    manifest = manifest_of(dead, "given", *given)
+    assert manifest["k"] == 2 and manifest["options"]["temperature"] == 0.0
+    assert manifest["options"]["top_p"] == 0.9 and manifest["options"]["max_new_tokens"] == 64
+    # a scorer, or a judge on another prompt, keeps headvec's defaults: one greedy sample
+    for name, rm, extra in (("scorer", "baseline:length", ()), ("toy", dead, ("--template", "toyworld"))):
+        manifest = manifest_of(rm, name, *extra)
+        assert manifest["k"] == 1 and manifest["options"]["temperature"] == 0.0, name
+        assert manifest["options"]["max_new_tokens"] is None, name
+
+
+def test_damaged_run_files_give_one_line_errors_naming_file_and_line(vlrb_jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from headvec.cli import app
+
+    items = load_benchmark("vlrewardbench", str(vlrb_jsonl))
+    settings = RunSettings("vlrewardbench", "baseline:length")
+    out = tmp_path / "run"
+    run_benchmark(items[:3], settings, out)
+    manifest, results = out / "run.json", out / RESULTS_NAME
+    good_manifest, good_results = manifest.read_text(), results.read_text()
+
+    manifest.write_text(good_manifest[: len(good_manifest) // 2])  # truncated run.json
+    for call in (lambda: write_report(out), lambda: run_benchmark(items, settings, out)):
+        with pytest.raises(HeadvecError, match=r"run\.json is damaged .*delete it and rerun") as info:
+            call()
+        assert "\n" not in str(info.value)
+    report = CliRunner().invoke(app, ["bench", "report", str(out)])
+    assert report.exit_code == 2 and "run.json is damaged" in report.output
+    assert "Traceback" not in report.output
+    manifest.write_text(good_manifest)
+
+    lines = good_results.splitlines(keepends=True)
+    results.write_text(lines[0] + "{}\n" + "".join(lines[1:]))  # an empty record in the middle
+    for call in (lambda: write_report(out), lambda: run_benchmark(items, settings, out)):
+        with pytest.raises(DataError, match=r"results\.jsonl line 2 is not a finished-pair record"):
+            call()
+    results.write_text(lines[0] + '{"uid": 3}\n' + "".join(lines[1:]))  # valid JSON, not a record
+    with pytest.raises(DataError, match=r"results\.jsonl line 2 "):
+        write_report(out)
+
+    # a torn last record that still ends in a newline: dropped, and its pair redone on resume
+    results.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2] + "\n")
+    records = run_benchmark(items, settings, out)
+    uids = [json.loads(line)["uid"] for line in results.read_text().splitlines()]
+    assert len(uids) == len(set(uids)) == len(items) == len(records)
+    assert write_report(out)["n"] == len(items)
 
 
 SLOW_RM = """

@@ -32,8 +32,13 @@ def run(
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split (default: test / filtered).")] = None,
     k: Annotated[
-        int, typer.Option(help="Judge samples per item, majority-voted (official: 1-9).", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Judge samples per item, majority-voted (default: 1; a judge on the official prompt: "
+            "the benchmark's, VL-RewardBench 10).",
+            min=1,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the per-sample answer order and sampling.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=1)] = None,
     backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
@@ -45,11 +50,22 @@ def run(
         int, typer.Option(help="Items per unit of work (and per local batch).", min=1)
     ] = 16,
     template: Annotated[
-        str | None, typer.Option(help="Judge prompt: vlrewardbench, mtbench or toyworld (default: official).")
+        str | None,
+        typer.Option(
+            help="Judge prompt: vlrewardbench, mtbench, rewardbench or toyworld (default: official)."
+        ),
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Judge sampling temperature (0 = greedy).")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Judge nucleus sampling.")] = 1.0,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Judge output limit.")] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(help="Answer order: seeded, stored or both (default: the benchmark's official one)."),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Judge sampling temperature (0 = greedy; default: official).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(help="Judge nucleus sampling (default: official).")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Judge output limit (default: official).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Local judge batch size.", min=1)] = 8,
     device: DeviceOpt = DEFAULT_DEVICE,
     timeout: Annotated[float, typer.Option(help="Endpoint request timeout, seconds.")] = 60.0,
@@ -60,18 +76,33 @@ def run(
     """Evaluate a reward model on a benchmark into OUT (results.jsonl, metrics.json, report.md/html)."""
 
     from headvec.harness import DEFAULT_TEMPLATE, RunSettings, load_benchmark, run_benchmark, write_report
+    from headvec.harness.runner import official_defaults
     from headvec.models import resolve_device
     from headvec.rewards.loading import RMOptions
 
     set_threads(threads)
     items = load_benchmark(benchmark, data, split)
+    # the official sampling defaults are for a generative judge on the benchmark's own prompt
+    official_judge = rm.split(":", 1)[0] in ("judge", "openai") and template in (
+        None,
+        DEFAULT_TEMPLATE[benchmark],
+    )
+    official = official_defaults(
+        benchmark,
+        sampling=official_judge,
+        k=k,
+        order=order,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+    )
     if limit is not None:
         items = items[:limit]
     options = RMOptions(
         template=template or DEFAULT_TEMPLATE[benchmark],
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
+        temperature=official["temperature"] if official["temperature"] is not None else 0.0,
+        top_p=official["top_p"] if official["top_p"] is not None else 1.0,
+        max_new_tokens=official["max_new_tokens"],
         batch_size=batch_size,
         device=resolve_device(device),  # the run records where it ran: "auto" resumes on the same device
         timeout=timeout,
@@ -81,12 +112,13 @@ def run(
     settings = RunSettings(
         benchmark=benchmark,
         rm=rm,
-        k=k,
+        k=official["k"] or 1,
         seed=seed,
         source=data,
         split=split,
         limit=limit,
         options=options.to_dict(),
+        order=official["order"],
     )
 
     def progress(done: int, total: int) -> None:

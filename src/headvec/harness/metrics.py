@@ -5,22 +5,27 @@ the human-preferred response), ``reject``,
 ``tie`` or ``unparsed``. Items are decided by majority over their first k samples as in VL-RewardBench's
 ``cal.py``: agree / reject / unparsed when more than half say so, else ``other``.
 
-Headline accuracies count every item, so unparseable judgements (and ties, and split votes) are scored
-as wrong. The official VL-RewardBench numbers, which leave those items out of the denominator, are
-reported next to them as ``official_*``. Overall accuracy is weighted by category size; macro is the mean
-over categories. RewardBench uses its own weighting (per-subset accuracy, sections weighted by the
-official example counts, score = mean of sections). 95% CIs are seeded percentile bootstraps over items
-(stratified by category for overall and macro).
+Headline (strict) accuracies count every item, so unparseable judgements (and ties, and split votes) are
+scored as wrong. The ``official_*`` numbers beside them apply each benchmark's own rule to the items that
+are neither agree nor reject (:data:`OFFICIAL_UNPARSED_RULE`): RewardBench credits them 0.5
+(``run_generative.py``), Multimodal RewardBench flips a coin (``2_get_accuracy.py``; here seeded per item,
+so reruns agree), VL-RewardBench leaves them out of the denominator (``cal.py``, which also reads any
+``Answer N`` other than the rejected one as agreement). Overall accuracy is weighted by category size;
+macro is the mean over categories. RewardBench uses its own weighting (per-subset accuracy, sections
+weighted by the official example counts, score = mean of sections). 95% CIs are seeded percentile
+bootstraps over items (stratified by category for overall and macro).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from headvec.harness.prompts import vlrb_answer_number
 from headvec.harness.schema import REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS
 from headvec.stats import bootstrap_ci
 
@@ -41,6 +46,54 @@ def item_decision(outcomes: Sequence[str]) -> str:
 def decisions(records: Sequence[dict], k: int | None = None) -> list[str]:
     """Each record's decision over its first ``k`` samples (all when None)."""
     return [item_decision([s["outcome"] for s in r["samples"][:k]]) for r in records]
+
+
+# What each benchmark's official scorer does with an item that is neither agree nor reject.
+OFFICIAL_UNPARSED_RULE = {"rewardbench": "half", "multimodal-rewardbench": "coin", "vlrewardbench": "drop"}
+
+
+def official_sample_outcome(benchmark: str, sample: dict) -> str:
+    """A sample's outcome as the official scorer reads it: VL-RewardBench's ``cal.py`` counts any
+    ``Answer N`` that is not the rejected answer (``Answer 3`` included) as agreement."""
+    outcome = sample["outcome"]
+    raw = sample.get("raw")
+    if benchmark == "vlrewardbench" and outcome == "unparsed" and raw and vlrb_answer_number(raw) is not None:
+        return "agree"
+    return outcome
+
+
+def official_credit(benchmark: str, decision: str, uid: str, seed: int = 0) -> float | None:
+    """An item's credit under its benchmark's official rule; None = left out of the denominator."""
+    if decision == "agree":
+        return 1.0
+    if decision == "reject":
+        return 0.0
+    rule = OFFICIAL_UNPARSED_RULE.get(benchmark, "drop")
+    if rule == "half":
+        return 0.5
+    if rule == "coin":  # string-seeded per item, so the number does not depend on item order
+        return 1.0 if random.Random(f"headvec-coin/{seed}/{uid}").random() < 0.5 else 0.0
+    return None
+
+
+def official_credits(
+    benchmark: str, records: Sequence[dict], k: int | None = None, seed: int = 0
+) -> list[float | None]:
+    """Each record's official credit over its first ``k`` samples."""
+    return [
+        official_credit(
+            benchmark,
+            item_decision([official_sample_outcome(benchmark, s) for s in r["samples"][:k]]),
+            r["uid"],
+            seed,
+        )
+        for r in records
+    ]
+
+
+def _mean_of_known(values: Sequence[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else float("nan")
 
 
 def _by_category(records: Sequence[dict], key: str = "category") -> dict[str, list[int]]:
@@ -72,9 +125,13 @@ def _ci(values: np.ndarray, seed: int) -> list[float]:
     return [low, high]
 
 
-def pairwise_metrics(records: Sequence[dict], k: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """VL-RewardBench style scores (used for every benchmark's per-category view)."""
+def pairwise_metrics(
+    records: Sequence[dict], k: int | None = None, seed: int = 0, benchmark: str = "vlrewardbench"
+) -> dict[str, Any]:
+    """VL-RewardBench style scores (every benchmark's per-category view), the official column by
+    ``benchmark``'s own rule for unparsed items."""
     decided = decisions(records, k)
+    credits = official_credits(benchmark, records, k, seed)
     correct = np.array([d == "agree" for d in decided], dtype=float)
     groups = _by_category(records)
     categories: dict[str, dict[str, Any]] = {}
@@ -89,10 +146,9 @@ def pairwise_metrics(records: Sequence[dict], k: int | None = None, seed: int = 
             "other": counts["other"],
             "accuracy": agree / len(idx),
             "ci95": _ci(correct[idx], seed),
-            "official_accuracy": agree / (agree + reject) if agree + reject else float("nan"),
+            "official_accuracy": _mean_of_known([credits[i] for i in idx]),
         }
     total_agree = sum(c["agree"] for c in categories.values())
-    total_decided = sum(c["agree"] + c["reject"] for c in categories.values())
     accs = [c["accuracy"] for c in categories.values()]
     official = [c["official_accuracy"] for c in categories.values()]
     return {
@@ -104,8 +160,9 @@ def pairwise_metrics(records: Sequence[dict], k: int | None = None, seed: int = 
         "macro_ci95": list(
             _stratified_ci(correct, groups, lambda acc: float(np.mean(list(acc.values()))), seed)
         ),
-        "official_overall_accuracy": total_agree / total_decided if total_decided else float("nan"),
-        "official_macro_accuracy": float(np.mean(official)) if official else float("nan"),
+        "official_rule": OFFICIAL_UNPARSED_RULE.get(benchmark, "drop"),
+        "official_overall_accuracy": _mean_of_known(credits),
+        "official_macro_accuracy": _mean_of_known([v for v in official if v == v]),
         "unparsed_items": sum(c["unparsed"] for c in categories.values()),
         "other_items": sum(c["other"] for c in categories.values()),
         "categories": categories,
@@ -120,9 +177,11 @@ def _weighted(groups: dict[str, list[int]]) -> Callable[[dict[str, float]], floa
 
 def rewardbench_scores(records: Sequence[dict], k: int | None = None, seed: int = 0) -> dict[str, Any]:
     """RewardBench's score: per-subset accuracy, sections weighted by the official example counts,
-    score = mean of the sections present."""
+    score = mean of the sections present. ``score`` credits unparsed items 0.5 as the official
+    ``run_generative.py`` does; ``strict_score`` counts them wrong."""
     decided = decisions(records, k)
-    correct = np.array([d == "agree" for d in decided], dtype=float)
+    strict = np.array([d == "agree" for d in decided], dtype=float)
+    correct = np.array(official_credits("rewardbench", records, k, seed), dtype=float)
     subsets = _by_category(records, key="subset")
 
     def sections_of(acc: dict[str, float]) -> dict[str, float]:
@@ -139,11 +198,13 @@ def rewardbench_scores(records: Sequence[dict], k: int | None = None, seed: int 
 
     def score_of(acc: dict[str, float]) -> float:
         values = list(sections_of(acc).values())
-        return float(np.mean(values))
+        return float(np.mean(values)) if values else float("nan")  # no RewardBench subset present
 
+    strict_acc = {name: float(strict[idx].mean()) for name, idx in subsets.items()}
     return {
         "score": score_of(subset_acc),
         "score_ci95": list(_stratified_ci(correct, subsets, score_of, seed)),
+        "strict_score": score_of(strict_acc),
         "sections": sections,
         "subsets": {name: {"n": len(idx), "accuracy": subset_acc[name]} for name, idx in subsets.items()},
     }
@@ -153,7 +214,7 @@ def position_bias(records: Sequence[dict], seed: int = 0) -> dict[str, Any]:
     """How much the display order matters, over all samples.
 
     ``first_pick_rate`` is the share of parsed a/b verdicts that pick the response shown first (0.5 for
-    an order-blind judge, since the runner puts the preferred one first half the time);
+    an order-blind judge when the order is shuffled, as the runner does except under ``order="stored"``);
     ``accuracy_preferred_first`` / ``_second`` split sample accuracy by where the preferred response
     was shown; ``flip_rate`` is, over items judged in both orders, how often the verdict changes.
     """
@@ -188,10 +249,15 @@ def benchmark_metrics(benchmark: str, records: Sequence[dict], seed: int = 0) ->
     """Everything a report shows: headline scores, per-k curve, position bias, unparsed counts."""
     records = sorted(records, key=lambda r: r["uid"])  # same numbers whatever order items finished in
     max_k = max((len(r["samples"]) for r in records), default=0)
-    result: dict[str, Any] = {"benchmark": benchmark, **pairwise_metrics(records, seed=seed)}
+    result: dict[str, Any] = {
+        "benchmark": benchmark,
+        **pairwise_metrics(records, seed=seed, benchmark=benchmark),
+    }
     result["by_k"] = {
         str(k): {
-            key: v for key, v in pairwise_metrics(records, k=k, seed=seed).items() if key != "categories"
+            key: v
+            for key, v in pairwise_metrics(records, k=k, seed=seed, benchmark=benchmark).items()
+            if key != "categories"
         }
         for k in K_VALUES
         if k <= max_k

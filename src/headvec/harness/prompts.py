@@ -1,6 +1,7 @@
 """The benchmarks' published judge prompts and answer parsers, as judge templates.
 
 VL-RewardBench's prompt and ``cal.py`` parser, Multimodal RewardBench's GPT-4o judge prompt and scorer,
+RewardBench's system and user messages,
 verbatim; the toy world's yes/no template comes from :mod:`headvec.rewards.judges`. The judges that use
 them (local model, OpenAI-compatible endpoint) live in :mod:`headvec.rewards.judges`; a judge reports
 output it cannot parse as ``choice=None`` so the harness counts it instead of silently dropping it
@@ -35,8 +36,8 @@ VLRB_VERDICT = re.compile(
     re.IGNORECASE,
 )
 
-# Multimodal RewardBench scripts/1_run_model_as_judge_gpt4o.py, verbatim: the "\\n" in its source are
-# literal backslash-n characters in what GPT-4o was sent, and are kept so scores stay comparable.
+# Multimodal RewardBench scripts/1_run_model_as_judge_gpt4o.py ``judge_prompt``, verbatim: a plain
+# triple-quoted string, so every "\n" in its source is a real newline in what GPT-4o was sent.
 MRB_JUDGE_PROMPT = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
     "assistants to the user question displayed below. You should choose the assistant that follows the "
@@ -47,18 +48,42 @@ MRB_JUDGE_PROMPT = (
     "influence your decision. Do not allow the length of the responses to influence your evaluation. Do "
     "not favor certain names of the assistants. Be as objective as possible. After providing your "
     'explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is '
-    'better, "[[B]]" if assistant B is better.\n\n[User Question]\\n{question}\\n\\n[The Start of '
-    "Assistant A's Answer]\\n{answer_a}\\n[The End of Assistant A's Answer]\\n\\n[The Start of Assistant B's "
-    "Answer]\\n{answer_b}\\n[The End of Assistant B's Answer]"
+    'better, "[[B]]" if assistant B is better.\n\n[User Question]\n{question}\n\n[The Start of '
+    "Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's "
+    "Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+
+# RewardBench rewardbench/generative.py ``prompt_v2`` (the system message) and ``MTBENCH_V2``'s
+# ``prompt_template`` (the user message), verbatim.
+RB_SYSTEM_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
+    "assistants to the user question displayed below. You should choose the assistant that follows the "
+    "user's instructions and answers the user's question better. Your evaluation should consider factors "
+    "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of their "
+    "responses. Begin your evaluation by comparing the two responses and provide a short explanation. "
+    "Avoid any position biases and ensure that the order in which the responses were presented does not "
+    "influence your decision. Do not allow the length of the responses to influence your evaluation. Do "
+    "not favor certain names of the assistants. Be as objective as possible. After providing your "
+    'explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is '
+    'better, "[[B]]" if assistant B is better.'
+)
+RB_USER_TEMPLATE = (
+    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of "
+    "Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant "
+    "B's Answer]"
 )
 
 
-def parse_vlrb_verdict(judgement: str) -> int | None:
-    """The answer number the official VL-RewardBench parser finds (1 or 2), or None."""
+def vlrb_answer_number(judgement: str) -> int | None:
+    """Any answer number VL-RewardBench's regex finds (``cal.py`` scores every number but the rejected
+    answer's as agreement, so ``Answer 3`` counts)."""
     match = VLRB_VERDICT.search(judgement.replace("\n", "").replace("*", ""))
-    if match is None:
-        return None
-    number = int(match.group(1))
+    return None if match is None else int(match.group(1))
+
+
+def parse_vlrb_verdict(judgement: str) -> int | None:
+    """The answer number the official VL-RewardBench parser finds, when it names a shown answer (1 or 2)."""
+    number = vlrb_answer_number(judgement)
     return number if number in (1, 2) else None
 
 
@@ -82,8 +107,13 @@ def vlrb_choice(output: str) -> Choice:
 
 
 def mrb_request(prompt: str, a: str, b: str) -> str:
-    """Multimodal RewardBench's judge prompt (also RewardBench's default here)."""
+    """Multimodal RewardBench's judge prompt, all in the one user message as its script sends it."""
     return MRB_JUDGE_PROMPT.format(question=strip_image_markers(prompt), answer_a=a, answer_b=b)
+
+
+def rb_request(prompt: str, a: str, b: str) -> str:
+    """RewardBench's user message (its judge instructions go in the system message)."""
+    return RB_USER_TEMPLATE.format(question=prompt, answer_a=a, answer_b=b)
 
 
 def mrb_choice(output: str) -> Choice:
@@ -92,14 +122,19 @@ def mrb_choice(output: str) -> Choice:
 
 
 TEMPLATES: dict[str, JudgeTemplate] = {
-    "vlrewardbench": PairwiseTemplate("vlrewardbench", vlrb_request, vlrb_choice, default_max_new_tokens=512),
-    "mtbench": PairwiseTemplate("mtbench", mrb_request, mrb_choice, default_max_new_tokens=512),
+    "vlrewardbench": PairwiseTemplate(
+        "vlrewardbench", vlrb_request, vlrb_choice, default_max_new_tokens=2048
+    ),
+    "mtbench": PairwiseTemplate("mtbench", mrb_request, mrb_choice, default_max_new_tokens=1024),
+    "rewardbench": PairwiseTemplate(
+        "rewardbench", rb_request, mrb_choice, default_max_new_tokens=2048, system=RB_SYSTEM_PROMPT
+    ),
     TOY_JUDGE_TEMPLATE.name: TOY_JUDGE_TEMPLATE,
 }
 DEFAULT_TEMPLATE = {
     "vlrewardbench": "vlrewardbench",
     "multimodal-rewardbench": "mtbench",
-    "rewardbench": "mtbench",
+    "rewardbench": "rewardbench",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from headvec.errors import HeadvecError
 from headvec.harness.metrics import benchmark_metrics
-from headvec.rewards.runner import MANIFEST_NAME, RESULTS_NAME, ResultsFile
+from headvec.rewards.runner import MANIFEST_NAME, RESULTS_NAME, ResultsFile, read_manifest
 
 
 def load_run(out: str | Path) -> tuple[dict[str, Any], list[dict]]:
@@ -22,13 +22,20 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], list[dict]]:
         raise HeadvecError(
             f"{out} is not a benchmark run (no {MANIFEST_NAME}); run: headvec bench run ... --out {out}"
         )
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest = read_manifest(out / MANIFEST_NAME)
     records = list(ResultsFile(out / RESULTS_NAME).load().values())
     if not records:
         raise HeadvecError(
             f"{out} has no finished items yet; run or resume: headvec bench run ... --out {out}"
         )
     return manifest, records
+
+
+OFFICIAL_RULE_TEXT = {
+    "drop": "VL-RewardBench's cal.py, which leaves those items out",
+    "half": "RewardBench's rule, which credits each of those items 0.5",
+    "coin": "Multimodal RewardBench's rule, a coin flip (seeded per item) for each of those items",
+}
 
 
 def _pct(value: float | None) -> str:
@@ -81,7 +88,7 @@ def markdown_report(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"judge options = `{json.dumps(manifest.get('options', {}))}`",
         "",
         "Accuracy counts every item (unparseable judgements, ties and split votes are wrong); "
-        "`official` is VL-RewardBench's cal.py, which leaves those items out.",
+        f"`official` follows {OFFICIAL_RULE_TEXT[metrics.get('official_rule', 'drop')]}.",
         "",
         "| category | n | accuracy % | 95% CI | official % | agree | reject | unparsed | other |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -103,7 +110,8 @@ def markdown_report(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
     if "rewardbench" in metrics:
         rb = metrics["rewardbench"]
         lines += [
-            f"RewardBench score: **{_pct(rb['score'])}** {_ci(rb['score_ci95'])}; sections: "
+            f"RewardBench score: **{_pct(rb['score'])}** {_ci(rb['score_ci95'])} (strict, unparsed "
+            f"wrong: {_pct(rb.get('strict_score'))}); sections: "
             + ", ".join(f"{k} {_pct(v)}" for k, v in rb["sections"].items()),
             "",
         ]

@@ -19,7 +19,36 @@ from headvec.rewards.loading import RMOptions, build_reward_model
 from headvec.rewards.pairs import PreferencePair
 from headvec.rewards.runner import MANIFEST_NAME, RESULTS_NAME, run_pairs
 
-__all__ = ["MANIFEST_NAME", "RESULTS_NAME", "RunSettings", "reward_model_factory", "run_benchmark"]
+__all__ = [
+    "MANIFEST_NAME",
+    "OFFICIAL_PROTOCOL",
+    "RESULTS_NAME",
+    "RunSettings",
+    "official_defaults",
+    "reward_model_factory",
+    "run_benchmark",
+]
+
+# How each benchmark's official script queries a judge: answer order (VL-RewardBench ``inference_hf.py``
+# and RewardBench ``run_generative.py`` shuffle each sample at random; Multimodal RewardBench's
+# ``1_run_model_as_judge_gpt4o.py`` never swaps), samples per item and sampling. Multimodal RewardBench
+# leaves temperature and top_p at the API's defaults, so headvec keeps its greedy default there.
+OFFICIAL_PROTOCOL: dict[str, dict[str, Any]] = {
+    "vlrewardbench": {"order": "seeded", "k": 10, "temperature": 0.2, "top_p": 0.2, "max_new_tokens": 2048},
+    "multimodal-rewardbench": {"order": "stored", "k": 1, "max_new_tokens": 1024},
+    "rewardbench": {"order": "seeded", "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 2048},
+}
+
+
+def official_defaults(benchmark: str, *, sampling: bool = True, **given: Any) -> dict[str, Any]:
+    """``given`` settings with each one left as None replaced by the benchmark's official value (so a
+    user's explicit choice always wins); keys without an official value stay None. With ``sampling``
+    False (a scorer, or a judge on another prompt, which the official numbers say nothing about) only
+    the answer order is defaulted."""
+    official = OFFICIAL_PROTOCOL.get(benchmark, {})
+    if not sampling:
+        official = {key: value for key, value in official.items() if key == "order"}
+    return {key: official.get(key) if value is None else value for key, value in given.items()}
 
 
 @dataclass
@@ -34,6 +63,7 @@ class RunSettings:
     split: str | None = None
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    order: str | None = None  # None: the benchmark's official order; "both" / "seeded" for position bias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,12 +92,14 @@ def run_benchmark(
     their own copy) it is built from ``settings.rm`` with ``settings.options``.
     """
     manifest = settings.to_dict()
-    k, seed = manifest.pop("k"), manifest.pop("seed")
+    k, seed, order = manifest.pop("k"), manifest.pop("seed"), manifest.pop("order")
+    order = order or OFFICIAL_PROTOCOL.get(settings.benchmark, {}).get("order", "seeded")
     records = run_pairs(
         items,
         rm,
         k=k,
         seed=seed,
+        order=order,
         out=out,
         manifest=manifest,
         chunk_size=chunk_size,

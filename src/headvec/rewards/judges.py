@@ -26,12 +26,14 @@ from headvec.rewards.verdicts import TOY_JUDGE_FORMAT, VerdictFormat, parse_yes_
 
 @dataclass(frozen=True)
 class PairwiseTemplate:
-    """One prompt showing both responses (``build(prompt, a, b)``); ``parse(output)`` gives a / b / None."""
+    """One prompt showing both responses (``build(prompt, a, b)``); ``parse(output)`` gives a / b / None.
+    ``system`` is sent as the system message where the benchmark's script sends one (RewardBench)."""
 
     name: str
     build: Callable[[str, str, str], str]
     parse: Callable[[str], Choice]
     default_max_new_tokens: int = 512
+    system: str | None = None
     pointwise = False
 
     def requests(self, prompt: str, a: str, b: str) -> list[str]:
@@ -49,6 +51,7 @@ class YesNoTemplate:
     name: str
     fmt: VerdictFormat
     default_max_new_tokens: int = 2
+    system: str | None = None
     pointwise = True
 
     def requests(self, prompt: str, a: str, b: str) -> list[str]:
@@ -93,7 +96,7 @@ class LocalJudge(BaseJudge):
         from headvec.models import load_image
 
         images = [load_image(image)] if image is not None and self.loaded.is_multimodal else []
-        return self.loaded.build_prompt(text, images)
+        return self.loaded.build_prompt(text, images, system=self.template.system)
 
     def compare_batch(self, comparisons: Sequence[Comparison]) -> list[Preference]:
         per_request = [self.template.requests(c.prompt, c.a, c.b) for c in comparisons]
@@ -187,7 +190,14 @@ class OpenAIJudge(BaseJudge):
             try:
                 completion = self.client.chat.completions.create(
                     model=self.model,
-                    messages=[{"role": "user", "content": content}],
+                    messages=[
+                        *(
+                            [{"role": "system", "content": self.template.system}]
+                            if self.template.system
+                            else []
+                        ),
+                        {"role": "user", "content": content},
+                    ],
                     temperature=self.temperature,
                     top_p=self.top_p,
                     max_tokens=self.max_tokens,

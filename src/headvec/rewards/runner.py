@@ -1,7 +1,8 @@
 """The one runner: any scorer or judge over preference pairs; seeded, k samples, resumable, local or Ray.
 
 Sample ``j`` of a pair shows the two responses in an order drawn from ``(seed, uid, j)`` alone
-(``order="seeded"``), or in the stored order then swapped, alternately (``order="both"``: sample 0 as
+(``order="seeded"``), always in the stored order (``order="stored"``, as Multimodal RewardBench's script
+does), or in the stored order then swapped, alternately (``order="both"``: sample 0 as
 stored, sample 1 swapped, ...), and gets its sampling seed the same way, so results do not depend on
 which worker, backend or resume evaluated it. Pairs are cut into the same chunks (by position) on every
 backend, so batched judges see the same batches, and a scorer scores a whole chunk in one ``rewards``
@@ -33,7 +34,8 @@ from headvec.stats import bootstrap_ci
 RESULTS_NAME = "results.jsonl"
 MANIFEST_NAME = "run.json"
 RAW_LIMIT = 8000  # judge outputs are kept for audits, cut to this many characters
-Order = Literal["seeded", "both"]
+Order = Literal["seeded", "stored", "both"]
+ORDERS = ("seeded", "stored", "both")
 
 
 def sample_plan(seed: int, uid: str, sample: int, order: Order = "seeded") -> tuple[bool, int]:
@@ -42,6 +44,8 @@ def sample_plan(seed: int, uid: str, sample: int, order: Order = "seeded") -> tu
     swap = rng.random() < 0.5
     if order == "both":
         swap = sample % 2 == 1
+    elif order == "stored":
+        swap = False
     return swap, rng.getrandbits(31)
 
 
@@ -114,28 +118,39 @@ class ResultsFile:
         self.path = path
 
     def load(self) -> dict[str, dict]:
-        """Finished records by uid, after cutting off a partial last line left by a killed run."""
+        """Finished records by uid, after cutting off a partial last line left by a killed run (one that
+        does not end in a newline, or does not parse): that pair is simply redone. Any other damaged line
+        is a one-line error naming the file and the line."""
         if not self.path.exists():
             return {}
         data = self.path.read_bytes()
+        keep = len(data)
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
+        lines = data[:keep].split(b"\n")[:-1] if keep else []
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if lines:
+            try:
+                json.loads(lines[-1])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                keep = sum(len(line) + 1 for line in lines[:-1])  # a torn last record: redo that pair
+                lines.pop()
+        if keep != len(data):
             with open(self.path, "r+b") as handle:
                 handle.truncate(keep)
                 handle.flush()
                 os.fsync(handle.fileno())
-            data = data[:keep]
         records: dict[str, dict] = {}
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+            record = _record_or_none(line)
+            if record is None:
                 raise DataError(
-                    f"{self.path} line {number} is not valid JSON; delete that line and rerun to redo "
-                    "the pair"
-                ) from None
+                    f"{self.path} line {number} is not a finished-pair record (damaged or edited); delete "
+                    "that line and rerun the same command to redo the pair"
+                )
             records.setdefault(record["uid"], record)
         return records
 
@@ -154,11 +169,48 @@ class ResultsFile:
             os.close(fd)
 
 
+RECORD_KEYS = ("uid", "category", "subset", "better", "samples")
+
+
+def _record_or_none(line: bytes) -> dict | None:
+    """A results line as a record, or None when it is not one (bad JSON, ``{}``, missing fields)."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or any(key not in record for key in RECORD_KEYS):
+        return None
+    samples = record["samples"]
+    if not isinstance(record["uid"], str) or not isinstance(samples, list):
+        return None
+    if not all(isinstance(sample, dict) and "outcome" in sample for sample in samples):
+        return None
+    return record
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's ``run.json``; a damaged one is a one-line error saying how to recover."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise DataError(
+            f"{path} is damaged ({detail}); delete it and rerun the same command to rewrite it (finished "
+            "pairs in results.jsonl are kept)"
+        ) from None
+    if not isinstance(stored, dict):
+        raise DataError(
+            f"{path} line 1: expected a JSON object of run settings, got {type(stored).__name__}; delete it "
+            "and rerun the same command to rewrite it"
+        )
+    return stored
+
+
 def check_manifest(out: Path, settings: dict[str, Any]) -> None:
     """Write ``run.json``, or refuse to resume a run whose settings differ."""
     path = out / MANIFEST_NAME
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = read_manifest(path)
         differs = [key for key in settings if stored.get(key) != settings[key]]
         if differs:
             raise HeadvecError(
@@ -206,6 +258,8 @@ def run_pairs(
     """
     if k < 1:
         raise HeadvecError(f"k must be >= 1, got {k}")
+    if order not in ORDERS:
+        raise HeadvecError(f"unknown answer order {order!r}; use one of {', '.join(ORDERS)}")
     if chunk_size < 1:
         raise HeadvecError(f"chunk_size must be >= 1, got {chunk_size}")
     uids = [item.uid for item in items]
