@@ -36,23 +36,6 @@ VLRB_VERDICT = re.compile(
     re.IGNORECASE,
 )
 
-# Multimodal RewardBench scripts/1_run_model_as_judge_gpt4o.py ``judge_prompt``, verbatim: a plain
-# triple-quoted string, so every "\n" in its source is a real newline in what GPT-4o was sent.
-MRB_JUDGE_PROMPT = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
-    "assistants to the user question displayed below. You should choose the assistant that follows the "
-    "user's instructions and answers the user's question better. Your evaluation should consider factors "
-    "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of their "
-    "responses. Begin your evaluation by comparing the two responses and provide a short explanation. "
-    "Avoid any position biases and ensure that the order in which the responses were presented does not "
-    "influence your decision. Do not allow the length of the responses to influence your evaluation. Do "
-    "not favor certain names of the assistants. Be as objective as possible. After providing your "
-    'explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is '
-    'better, "[[B]]" if assistant B is better.\n\n[User Question]\n{question}\n\n[The Start of '
-    "Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's "
-    "Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
-)
-
 # RewardBench rewardbench/generative.py ``prompt_v2`` (the system message) and ``MTBENCH_V2``'s
 # ``prompt_template`` (the user message), verbatim.
 RB_SYSTEM_PROMPT = (
@@ -72,6 +55,11 @@ RB_USER_TEMPLATE = (
     "Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant "
     "B's Answer]"
 )
+
+# Multimodal RewardBench scripts/1_run_model_as_judge_gpt4o.py ``judge_prompt``, verbatim: a plain
+# triple-quoted string, so every "\n" in its source is a real newline in what GPT-4o was sent. It is
+# RewardBench's system prompt and user template word for word, in one message.
+MRB_JUDGE_PROMPT = RB_SYSTEM_PROMPT + "\n\n" + RB_USER_TEMPLATE
 
 
 def vlrb_answer_number(judgement: str) -> int | None:

@@ -404,6 +404,8 @@ _IDEFICS3_TEMPLATE = _RENDER + (
 _HIDDEN = 64
 _IMAGE = 32  # vision tower input side (pixels)
 _PATCH = 8  # -> 4x4 = 16 patches per tile
+# Any-resolution grids (LLaVA-NeXT, LLaVA-OneVision): one to two tiles per side.
+_PINPOINTS = [[_IMAGE, _IMAGE], [_IMAGE, 2 * _IMAGE], [2 * _IMAGE, _IMAGE], [2 * _IMAGE, 2 * _IMAGE]]
 
 
 def _text_dims(vocab_size: int, ids: dict[str, int | None], **overrides: Any) -> dict[str, Any]:
@@ -640,7 +642,7 @@ def _llava_onevision() -> _Built:
         named={"image_token": "<image>", "video_token": "<video>"},
     )
     tokenizer = _build_tokenizer(spec)
-    pinpoints = [[_IMAGE, _IMAGE], [_IMAGE, 2 * _IMAGE], [2 * _IMAGE, _IMAGE], [2 * _IMAGE, 2 * _IMAGE]]
+    pinpoints = _PINPOINTS
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": _IMAGE, "width": _IMAGE}, image_grid_pinpoints=pinpoints
     )
@@ -679,7 +681,7 @@ def _llava_next() -> _Built:
     tokenizer = _build_tokenizer(spec)
     # LLaVA-1.6: any-resolution tiles (a base view plus a grid of crops) through a CLIP tower that keeps
     # its CLS token, a Mistral language model.
-    pinpoints = [[_IMAGE, _IMAGE], [_IMAGE, 2 * _IMAGE], [2 * _IMAGE, _IMAGE], [2 * _IMAGE, 2 * _IMAGE]]
+    pinpoints = _PINPOINTS
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": _IMAGE},
         crop_size={"height": _IMAGE, "width": _IMAGE},
