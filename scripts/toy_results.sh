@@ -30,8 +30,9 @@ if want harness; then
   .venv/bin/python -c 'from headvec.toyworld import export; export("runs/toy-prefs", 0, {"train": 40, "test": 300}, splits=("train", "test"), tasks=("preference",))'
   for lang in en xx yy zz; do
     data="runs/toy-prefs/vlrewardbench.test.$lang.jsonl"
-    $hv bench run vlrewardbench --rm judge:toy --template toyworld --data "$data" --out "runs/h-judge-$lang" --device cpu
-    $hv bench run vlrewardbench --rm judge-score:toy --template toyworld --data "$data" --out "runs/h-score-$lang" --device cpu
+    template=toyworld; [[ $lang == en ]] || template="toyworld-$lang"   # the judge prompt in the row's language
+    $hv bench run vlrewardbench --rm judge:toy --template "$template" --data "$data" --out "runs/h-judge-$lang" --device cpu
+    $hv bench run vlrewardbench --rm judge-score:toy --template "$template" --data "$data" --out "runs/h-score-$lang" --device cpu
   done
   $hv rm fit toy runs/toy-prefs/preference.train.en.jsonl --format toy --out runs/rm-toy-all --device cpu
   $hv bench run vlrewardbench --rm artifact:runs/rm-toy-all --data runs/toy-prefs/vlrewardbench.test.en.jsonl \

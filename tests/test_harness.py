@@ -906,3 +906,23 @@ def test_best_of_n_with_scores_and_with_a_comparing_judge():
     first = best_of_n(FirstShownBaseline(), "q", candidates, seed=1)
     assert first.matches == best_of_n(FirstShownBaseline(), "q", candidates, seed=1).matches  # seeded
     assert all(match["winner"] == match["first"] for match in first.matches)  # the shown-first one wins
+
+
+def test_the_toy_judge_reads_verdicts_in_the_rows_language(tmp_path):
+    """`--template toyworld-xx` asks in xx and parses xx yes/no; the English template on the same rows
+    gets answers in xx that its parser cannot read."""
+    from typer.testing import CliRunner
+
+    from headvec.cli import app
+    from headvec.toyworld import export
+
+    export(tmp_path / "data", 0, {"test": 16}, splits=("test",), tasks=("preference",), languages=("xx",))
+    data = tmp_path / "data" / "vlrewardbench.test.xx.jsonl"
+    unparsed = {}
+    for template in ("toyworld", "toyworld-xx"):
+        out = tmp_path / template
+        args = ["bench", "run", "vlrewardbench", "--rm", "judge:toy", "--data", str(data), "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, "--template", template, "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        unparsed[template] = json.loads((out / "metrics.json").read_text())["unparsed_items"]
+    assert unparsed["toyworld"] >= 12 and unparsed["toyworld-xx"] <= unparsed["toyworld"] - 8

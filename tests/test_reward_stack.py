@@ -26,3 +26,25 @@ def test_toy_preferences_convert_to_pairs_with_the_same_image():
     assert len({p.uid for p in pairs}) == 8
     assert pairs_from_toy("flipped", 0, 8, "test") == [p for p in pairs if p.category == "flipped"]
     assert preference_pair(toy[0], "x").id == "x"
+
+
+def test_the_toy_judge_template_of_each_language_is_what_the_model_was_trained_on():
+    """``toyworld-xx``: the judge prompt of a translated row is exactly the translated training prompt,
+    and its verdict is read in that language (an English parser called ``ludi`` unparseable)."""
+    import random
+
+    from headvec.toyworld import LANGUAGES, make_judge
+    from headvec.toyworld.adapters import toy_judge_template, toy_judge_templates
+    from headvec.toyworld.language import translate
+
+    assert set(toy_judge_templates()) == {"toyworld"} | {f"toyworld-{x}" for x in LANGUAGES if x != "en"}
+    for language in LANGUAGES:
+        template = toy_judge_template(language)
+        items = make_judge(random.Random(5), 12, language)
+        for item in items:
+            assert template.fmt.text(item.question, item.candidate) == item.prompt
+        yes, no = translate("yes", language), translate("no", language)
+        assert template.verdict([yes, no]) == "a" and template.verdict([no, yes]) == "b"
+        assert template.verdict([yes, yes]) == "tie"
+        if language != "en":
+            assert template.fmt.yes != "yes" and toy_judge_template("en").verdict([yes, no]) is None

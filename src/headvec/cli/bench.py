@@ -52,7 +52,8 @@ def run(
     template: Annotated[
         str | None,
         typer.Option(
-            help="Judge prompt: vlrewardbench, mtbench, rewardbench or toyworld (default: official)."
+            help="Judge prompt: vlrewardbench, mtbench, rewardbench, toyworld or toyworld-xx/yy/zz "
+            "(the toy world's other languages) (default: official)."
         ),
     ] = None,
     order: Annotated[
@@ -81,6 +82,11 @@ def run(
     from headvec.rewards.loading import RMOptions
 
     set_threads(threads)
+    if template is not None and template.startswith("toyworld-"):  # the toy judge in another language
+        from headvec.harness import TEMPLATES
+        from headvec.toyworld.adapters import toy_judge_templates
+
+        TEMPLATES.update(toy_judge_templates())
     items = load_benchmark(benchmark, data, split)
     # the official sampling defaults are for a generative judge on the benchmark's own prompt
     official_judge = rm.split(":", 1)[0] in ("judge", "openai") and template in (

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 from headvec.methods.mtv import IclEpisode
 from headvec.models import Example
+from headvec.rewards.judges import TOY_JUDGE_TEMPLATE, YesNoTemplate
 from headvec.rewards.pairs import PreferencePair, png_bytes
-from headvec.rewards.verdicts import Judgement
+from headvec.rewards.verdicts import Judgement, VerdictFormat
 from headvec.toyworld.episodes import Episode, Shot
+from headvec.toyworld.language import LANGUAGES, translate
 from headvec.toyworld.preferences import PreferenceExample
 from headvec.toyworld.tasks import JudgeItem
 
@@ -63,3 +65,27 @@ def icl_episode(episode: Episode, image_size: int | None = None) -> IclEpisode:
         return Example(episode.prompt, [shot.image(size)], shot.answer)
 
     return IclEpisode(tuple(example(s) for s in episode.shots), example(episode.query), episode.icl_task)
+
+
+def toy_judge_template(language: str) -> YesNoTemplate:
+    """The toy judge prompt and its yes/no words in ``language`` (``toyworld-xx``), as the toy model was
+    trained on them: each fixed phrase translated, the question and the answer left as the row has them."""
+    if language == "en":
+        return TOY_JUDGE_TEMPLATE
+    english = TOY_JUDGE_TEMPLATE.fmt
+    head, rest = english.template.split(" {prompt} ")  # "question :", "answer : {response} . is ... ?"
+    middle, tail = rest.split(" {response} . ")
+    head, middle, tail = (translate(text, language) for text in (head, middle, tail))
+    fmt = VerdictFormat(
+        f"{head} {{prompt}} {middle} {{response}} . {tail}",
+        english.criterion,
+        translate("yes", language),
+        translate("no", language),
+        english.benchmark_text,
+    )
+    return YesNoTemplate(f"toyworld-{language}", fmt, TOY_JUDGE_TEMPLATE.default_max_new_tokens)
+
+
+def toy_judge_templates() -> dict[str, YesNoTemplate]:
+    """Every language's toy judge template by name (``toyworld`` is English)."""
+    return {template.name: template for template in map(toy_judge_template, LANGUAGES)}
