@@ -171,8 +171,12 @@ def extract_to_disk(
     batch_size: int = 8,
     residual: bool = False,
     progress: bool = True,
+    sort_window: int = 0,
 ) -> Path:
     """Capture head outputs for every prompt into ``out_dir``; resume if it holds a matching partial run.
+
+    With ``sort_window`` > 0 a shard holds that many consecutive prompts, captured in batches of similar
+    length (less padding) and stored in the given order; 0 stores one shard per batch, in order.
 
     On resume every recorded shard is verified (size and sha256); damaged or missing ones are logged as
     a warning and recomputed, so a damaged cache heals instead of being trusted.
@@ -189,7 +193,11 @@ def extract_to_disk(
         "n_rows": len(prompts),
         "inputs_sha256": _prompts_digest(prompts),
     }
-    batches = list(iter_batches(prompts, batch_size))
+    if sort_window > 0:  # recorded only when used, so caches made without it resume unchanged
+        settings["sort_window"] = sort_window
+        batches = [list(prompts[i : i + sort_window]) for i in range(0, len(prompts), sort_window)]
+    else:
+        batches = list(iter_batches(prompts, batch_size))
     names: dict[int, tuple[str, int]] = {}  # start row -> (shard file, stop row)
     start = 0
     for number, batch in enumerate(batches):
@@ -201,8 +209,9 @@ def extract_to_disk(
     upgraded = False
     if index_path.exists():
         previous = _read_index(index_path)
-        previous_settings = {key: previous.get(key) for key in settings if key != "format"}
-        wanted = {key: value for key, value in settings.items() if key != "format"}
+        keys = (settings.keys() | ({"sort_window"} & previous.keys())) - {"format"}
+        previous_settings = {key: previous.get(key) for key in keys}
+        wanted = {key: settings.get(key) for key in keys}
         if previous_settings != wanted:
             changed = sorted(key for key in wanted if previous_settings[key] != wanted[key])
             raise HeadvecError(
@@ -241,9 +250,19 @@ def extract_to_disk(
         for batch in batches:
             name, stop = names[start]
             if start not in shards:
-                capture = engine.capture_batch(
-                    engine.loaded.encode(batch), layers, positions, residual=residual
-                )
+                if sort_window > 0:
+                    capture = engine.capture(
+                        batch,
+                        layers,
+                        positions,
+                        batch_size=batch_size,
+                        residual=residual,
+                        sort_window=len(batch),
+                    )
+                else:
+                    capture = engine.capture_batch(
+                        engine.loaded.encode(batch), layers, positions, residual=residual
+                    )
                 tensors = {"heads": capture.heads.contiguous()}
                 if residual:
                     tensors["residual"] = capture.residual.contiguous()

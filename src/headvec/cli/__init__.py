@@ -123,6 +123,12 @@ def extract(
         str, typer.Option(help="Token positions over real tokens: -1 = last, 0 = first.")
     ] = "-1",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    sort_window: Annotated[
+        int,
+        typer.Option(
+            help="Rows per shard, batched by length inside it (less padding); 0: a shard per batch."
+        ),
+    ] = 0,
     residual: Annotated[bool, typer.Option(help="Also cache the residual stream (layer outputs).")] = False,
     chat: Annotated[bool, typer.Option(help="Wrap each text in the model's chat template.")] = True,
     dtype: DtypeOpt = DEFAULT_DTYPE,
@@ -149,6 +155,7 @@ def extract(
         positions=wanted[0] if len(wanted) == 1 else wanted,
         batch_size=batch_size,
         residual=residual,
+        sort_window=sort_window,
     )
     console.print(
         f"cached {len(rows)} rows x {loaded.arch.n_layers} layers x {loaded.arch.n_heads} heads -> {out}"
