@@ -16,10 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headvec"
 
 # Units of the picture: a subpackage or a top-level module of headvec; "headvec" is the package's own
 # __init__ (the lazy top-level names). The core modules are drawn in one box; the support modules
-# (errors, one-line messages; data, JSONL reading; stats, bootstrap CIs; _optional, extras) import
+# (errors, one-line messages; data, JSONL reading; stats, bootstrap CIs; parallel, Ray actors;
+# _optional, extras) import
 # nothing but errors, may be imported by anything, and are left out of the picture to keep it legible.
 CORE = ("models", "arch", "engine", "cache")
-SUPPORT = ("errors", "data", "stats", "_optional")
+SUPPORT = ("errors", "data", "stats", "parallel", "_optional")
 LABELS = {
     "headvec": "headvec (top-level names, lazy)",
     "cli": "cli (headvec command)",

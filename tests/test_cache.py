@@ -159,3 +159,41 @@ def test_length_sorted_shards_equal_the_ordered_cache_with_less_padding(tmp_path
     torch.testing.assert_close(healed["heads"], ordered["heads"], atol=0, rtol=0)
     with pytest.raises(HeadvecError, match="sort_window"):  # a cache of one layout never mixes with another
         extract_to_disk(engine, prompts, tmp_path / "sorted", batch_size=3, residual=True, progress=False)
+
+
+def test_extract_on_ray_writes_the_bytes_of_a_local_run(tmp_path, tiny_model_dir):
+    """Two Ray actors, each with its own copy of the model, compute the shards: every file (shards and
+    index.json) equals the local run's byte for byte; a resume on Ray recomputes only a lost shard."""
+    pytest.importorskip("ray")
+    import functools
+
+    from headvec.cache import engine_loader
+
+    model = tiny_model_dir("qwen2")
+    engine = HeadEngine(load(model, device="cpu"))
+    prompts = [
+        engine.loaded.build_prompt(f"question number {i} about {'shapes ' * (i % 4)}") for i in range(9)
+    ]
+    extract_to_disk(engine, prompts, tmp_path / "local", batch_size=2, residual=True, progress=False)
+    ray_run = functools.partial(
+        extract_to_disk,
+        engine,
+        prompts,
+        tmp_path / "ray",
+        batch_size=2,
+        residual=True,
+        progress=False,
+        backend="ray",
+        workers=2,
+        engine_factory=functools.partial(engine_loader, str(model), device="cpu"),
+    )
+    ray_run()
+    local_files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert local_files == sorted(p.name for p in (tmp_path / "ray").iterdir())
+    for name in local_files:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    (tmp_path / "ray" / "shard-00002.safetensors").unlink()
+    ray_run()
+    assert (tmp_path / "ray" / "shard-00002.safetensors").read_bytes() == (
+        tmp_path / "local" / "shard-00002.safetensors"
+    ).read_bytes()

@@ -16,6 +16,7 @@ and hold the right rows) and a resume upgrades them to :data:`CACHE_FORMAT`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -172,11 +173,18 @@ def extract_to_disk(
     residual: bool = False,
     progress: bool = True,
     sort_window: int = 0,
+    backend: str = "local",
+    workers: int = 1,
+    engine_factory: Callable[[], HeadEngine] | None = None,
+    ray_address: str | None = None,
 ) -> Path:
     """Capture head outputs for every prompt into ``out_dir``; resume if it holds a matching partial run.
 
     With ``sort_window`` > 0 a shard holds that many consecutive prompts, captured in batches of similar
     length (less padding) and stored in the given order; 0 stores one shard per batch, in order.
+    ``backend="ray"`` computes the missing shards on ``workers`` Ray actors, each holding the model that
+    ``engine_factory()`` loads (e.g. ``functools.partial(engine_loader, "path/to/model")``); the files
+    are byte for byte those of a local run.
 
     On resume every recorded shard is verified (size and sha256); damaged or missing ones are logged as
     a warning and recomputed, so a damaged cache heals instead of being trusted.
@@ -245,36 +253,86 @@ def extract_to_disk(
 
     if upgraded:
         write_index()
-    start = 0
+    options = {
+        "layers": layers,
+        "positions": positions,
+        "batch_size": batch_size,
+        "residual": residual,
+        "sort_window": sort_window,
+    }
+    todo, start = [], 0
+    for batch in batches:
+        if start not in shards:
+            todo.append((start, batch))
+        start = names[start][1]
     with tqdm(total=len(prompts), desc="extract", unit="row", disable=not progress) as bar:
-        for batch in batches:
-            name, stop = names[start]
-            if start not in shards:
-                if sort_window > 0:
-                    capture = engine.capture(
-                        batch,
-                        layers,
-                        positions,
-                        batch_size=batch_size,
-                        residual=residual,
-                        sort_window=len(batch),
-                    )
-                else:
-                    capture = engine.capture_batch(
-                        engine.loaded.encode(batch), layers, positions, residual=residual
-                    )
-                tensors = {"heads": capture.heads.contiguous()}
-                if residual:
-                    tensors["residual"] = capture.residual.contiguous()
-                data = save_bytes(tensors)
-                _write_atomic(out / name, lambda p, d=data: p.write_bytes(d))
-                shards[start] = {"file": name, "start": start, "stop": stop, **_checksum(data)}
-                write_index()
+        bar.update(sum(shard["stop"] - shard["start"] for shard in shards.values()))
+
+        def store(task: tuple[int, list[Prompt]], data: bytes) -> None:
+            first, batch = task
+            name, stop = names[first]
+            _write_atomic(out / name, lambda p: p.write_bytes(data))
+            shards[first] = {"file": name, "start": first, "stop": stop, **_checksum(data)}
+            write_index()
             bar.update(len(batch))
-            start = stop
+
+        if backend == "ray":
+            if engine_factory is None:
+                raise HeadvecError("the ray backend loads the model in each worker: pass engine_factory=")
+            from headvec.parallel import run_on_actors
+
+            worker = functools.partial(_ShardWorker, engine_factory, settings[MODEL_KEY], options)
+            run_on_actors(worker, todo, store, workers=workers, address=ray_address)
+        elif backend == "local":
+            for task in todo:
+                store(task, _shard_bytes(engine, task[1], **options))
+        else:
+            raise HeadvecError(f"unknown backend {backend!r}; use local or ray")
     if not index_path.exists():  # an empty dataset still gets an index
         write_index()
     return out
+
+
+def _shard_bytes(
+    engine: HeadEngine,
+    batch: list[Prompt],
+    layers: Sequence[int] | None,
+    positions: Positions,
+    batch_size: int,
+    residual: bool,
+    sort_window: int,
+) -> bytes:
+    """One shard's safetensors bytes (the same bytes in any process, for the same model and rows)."""
+    if sort_window > 0:
+        capture = engine.capture(
+            batch, layers, positions, batch_size=batch_size, residual=residual, sort_window=len(batch)
+        )
+    else:
+        capture = engine.capture_batch(engine.loaded.encode(batch), layers, positions, residual=residual)
+    tensors = {"heads": capture.heads.contiguous()}
+    if residual:
+        tensors["residual"] = capture.residual.contiguous()
+    return save_bytes(tensors)
+
+
+class _ShardWorker:
+    """What each Ray actor holds: its own engine, checked to be the driver's model, computing shards."""
+
+    def __init__(self, engine_factory: Callable[[], HeadEngine], identity: Any, options: dict) -> None:
+        self.engine, self.options = engine_factory(), options
+        if self.engine.loaded.identity != identity:
+            raise HeadvecError("a Ray worker loaded another model than the cache's; give both the same model")
+
+    def __call__(self, task: tuple[int, list[Prompt]]) -> bytes:
+        return _shard_bytes(self.engine, task[1], **self.options)
+
+
+def engine_loader(model: str, **load_options: Any) -> HeadEngine:
+    """``HeadEngine(load(model, **load_options))``: with ``functools.partial``, a picklable
+    ``engine_factory`` for the ray backend."""
+    from headvec.models import load
+
+    return HeadEngine(load(model, **load_options))
 
 
 def load_activations(cache_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -131,13 +131,20 @@ def extract(
     ] = 0,
     residual: Annotated[bool, typer.Option(help="Also cache the residual stream (layer outputs).")] = False,
     chat: Annotated[bool, typer.Option(help="Wrap each text in the model's chat template.")] = True,
+    backend: Annotated[str, typer.Option(help="local, or ray: shards computed by Ray actors.")] = "local",
+    workers: Annotated[int, typer.Option(help="Ray actors, each with its own copy of the model.", min=1)] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Existing Ray cluster (default: start one).")
+    ] = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     device: DeviceOpt = DEFAULT_DEVICE,
     threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Cache per-head activations of every row of DATA into OUT (safetensors shards + index.json)."""
-    from headvec.cache import extract_to_disk
+    import functools
+
+    from headvec.cache import engine_loader, extract_to_disk
     from headvec.data import read_text_image_rows
     from headvec.engine import HeadEngine
 
@@ -156,6 +163,12 @@ def extract(
         batch_size=batch_size,
         residual=residual,
         sort_window=sort_window,
+        backend=backend,
+        workers=workers,
+        engine_factory=functools.partial(
+            engine_loader, model, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        ),
+        ray_address=ray_address,
     )
     console.print(
         f"cached {len(rows)} rows x {loaded.arch.n_layers} layers x {loaded.arch.n_heads} heads -> {out}"

@@ -19,6 +19,7 @@ Used by the benchmark harness (:func:`headvec.harness.run_benchmark`), the Prefe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -318,17 +319,15 @@ def run_pairs(
 # Ray: one actor per worker builds the reward model and judges whole chunks
 
 
-class RayWorker:
-    """What each Ray actor runs: builds the reward model once, then judges the chunks it is sent."""
+class _ChunkJudge:
+    """What each Ray actor holds: the reward model, built once, judging the chunks it is sent."""
 
-    def __init__(self, factory: Callable[[], Any], threads: int) -> None:
-        import torch
+    def __init__(self, factory: Callable[[], Any], k: int, seed: int, order: Order) -> None:
+        self.rm, self.k, self.seed, self.order = factory(), k, seed, order
 
-        torch.set_num_threads(threads)
-        self.rm = factory()
-
-    def evaluate(self, items: list[dict], k: int, seed: int, order: Order) -> list[dict]:
-        return evaluate_items(self.rm, [PreferencePair.model_validate(i) for i in items], k, seed, order)
+    def __call__(self, items: list[dict]) -> list[dict]:
+        pairs = [PreferencePair.model_validate(i) for i in items]
+        return evaluate_items(self.rm, pairs, self.k, self.seed, self.order)
 
 
 def run_on_ray(
@@ -343,57 +342,18 @@ def run_on_ray(
     address: str | None = None,
     threads_per_worker: int = 1,
 ) -> None:
-    """Judge ``chunks`` on Ray actors, handing each finished chunk's records to ``sink`` in arrival order.
+    """Judge ``chunks`` on Ray actors (:func:`headvec.parallel.run_on_actors`), handing each finished
+    chunk's records to ``sink`` in arrival order."""
+    from headvec.parallel import run_on_actors
 
-    The driver keeps every actor busy with one chunk at a time, so a killed driver keeps everything
-    already returned. With no ``address`` a private local cluster is started on 127.0.0.1 with
-    ``workers`` CPUs and shut down after.
-    """
-    try:
-        import ray
-    except ImportError:
-        raise HeadvecError("--backend ray needs Ray: pip install 'headvec[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(
-                address="local",
-                num_cpus=workers,
-                include_dashboard=False,
-                log_to_driver=False,
-                object_store_memory=100 * 1024 * 1024,
-                _node_ip_address="127.0.0.1",
-            )
-    try:
-        actor_cls = ray.remote(num_cpus=1)(RayWorker)
-        actors = [actor_cls.remote(factory, threads_per_worker) for _ in range(max(1, workers))]
-        queue = list(chunks)
-        in_flight: dict[Any, Any] = {}
-
-        def submit(actor: Any) -> None:
-            if queue:
-                payload = [item.model_dump() for item in queue.pop(0)]
-                in_flight[actor.evaluate.remote(payload, k, seed, order)] = actor
-
-        for actor in actors:
-            submit(actor)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            actor = in_flight.pop(ready[0])
-            try:
-                records = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-                if isinstance(cause, HeadvecError):
-                    raise HeadvecError(str(cause)) from None
-                raise
-            sink(records)
-            submit(actor)
-    finally:
-        if started_here:
-            ray.shutdown()
+    run_on_actors(
+        functools.partial(_ChunkJudge, factory, k, seed, order),
+        [[item.model_dump() for item in chunk] for chunk in chunks],
+        lambda _chunk, records: sink(records),
+        workers=workers,
+        address=address,
+        threads_per_worker=threads_per_worker,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
