@@ -91,6 +91,26 @@ def headvec_extract(engine: HeadEngine, texts: list[str], layer: int, batch_size
     return {"heads": tensors["heads"][:, 0], "processed": processed}
 
 
+def ray_vs_local(engine: HeadEngine, tmp: Path, texts: list[str], layer: int, batch_size: int) -> dict:
+    """The same extraction on 2 Ray actors (cluster start included) and locally: seconds, same bytes?"""
+    import functools
+
+    from headvec.cache import engine_loader
+
+    seconds, dirs = {}, {}
+    for backend in ("local", "ray"):
+        dirs[backend] = tmp / f"ray-vs-local-{backend}"
+        started = time.perf_counter()
+        extract_to_disk(
+            engine, as_prompts(texts), dirs[backend], layers=[layer], batch_size=batch_size, progress=False,
+            sort_window=1024, backend=backend, workers=2,
+            engine_factory=functools.partial(engine_loader, str(tmp / "llama"), device="cpu"),
+        )  # fmt: skip
+        seconds[backend] = time.perf_counter() - started
+    same = all((dirs["ray"] / f.name).read_bytes() == f.read_bytes() for f in sorted(dirs["local"].iterdir()))
+    return {"n": len(texts), "seconds": seconds, "identical_files": same}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10000)
@@ -98,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--ray-n", type=int, default=2000, help="prompts for the Ray vs local run (0: skip)")
     args = parser.parse_args()
     threads = use_all_cores()
     from nnsight import NNsight
@@ -133,6 +154,11 @@ def main() -> None:
                 processed[name] += results[name]["processed"]
             diff = (results["nnsight"]["heads"] - results["headvec"]["heads"]).abs().max().item()
             max_diff = max(max_diff, diff)
+        ray_result = (
+            ray_vs_local(engine, Path(tmp), texts[: args.ray_n], layer, args.batch_size)
+            if args.ray_n
+            else None
+        )
     timings = Timings(seconds)
     result = {
         "n": args.n,
@@ -147,6 +173,7 @@ def main() -> None:
         "speedup": timings.ratio("nnsight", "headvec"),
         "speedup_quartiles": timings.quartiles("nnsight", "headvec"),
         "max_abs_diff": max_diff,
+        "ray": ray_result,
     }
     args.json.write_text(json.dumps(result, indent=1))
     if args.markdown:
@@ -173,6 +200,20 @@ def render_section(result: dict[str, Any]) -> list[str]:
         f"| padding waste (processed tokens / real tokens), nnsight loop / headvec | "
         f"{waste['nnsight']:.2f} / {waste['headvec']:.3f} | |",
         f"| largest difference between the two sets of activations | {result['max_abs_diff']:.1e} | |",
+        *ray_rows(result.get("ray")),
+    ]
+
+
+def ray_rows(ray: dict[str, Any] | None) -> list[str]:
+    if not ray:
+        return []
+    seconds = ray["seconds"]
+    return [
+        "",
+        f"The same extraction of the first {ray['n']:,} prompts on 2 Ray actors (each with its own copy of "
+        f"the model, one torch thread each, cluster start included) took {seconds['ray']:.0f} s against "
+        f"{seconds['local']:.0f} s locally ({seconds['local'] / seconds['ray']:.2f}x), and wrote "
+        f"{'the same bytes' if ray['identical_files'] else 'DIFFERENT bytes'} (every shard and index.json).",
     ]
 
 
