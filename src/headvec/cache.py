@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from headvec.engine import HeadEngine, Positions, iter_batches
 from headvec.errors import HeadvecError
-from headvec.models import MODEL_KEY, Prompt
+from headvec.models import MODEL_KEY, Prompt, load
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +330,6 @@ class _ShardWorker:
 def engine_loader(model: str, **load_options: Any) -> HeadEngine:
     """``HeadEngine(load(model, **load_options))``: with ``functools.partial``, a picklable
     ``engine_factory`` for the ray backend."""
-    from headvec.models import load
-
     return HeadEngine(load(model, **load_options))
 
 
