@@ -13,6 +13,8 @@ Specs (the text before the first ``:`` picks the loader in :data:`RM_LOADERS`):
   sequence-classification reward model);
 - ``python:package.module:factory``: ``factory(options)`` returns any Scorer or Judge;
 - ``baseline:length`` / ``baseline:first``: model-free floors (:mod:`headvec.rewards.simple`).
+- ``implicit:POLICY,REFERENCE[,sum|reweighted|mean]``: an aligned model's implicit reward
+  ``log pi(y|x) - log pi_ref(y|x)`` (:mod:`headvec.rewards.implicit`).
 
 A spec is a string so that Ray workers can rebuild the same reward model in their own process. Judge
 templates are looked up by name in the ``templates`` mapping the caller passes (the benchmark harness
@@ -217,6 +219,12 @@ def _python(target: str, options: RMOptions, templates: Templates) -> Any:
     return model
 
 
+def _implicit(rest: str, options: RMOptions, templates: Templates) -> Any:
+    from headvec.rewards.implicit import from_spec
+
+    return from_spec(rest, options)
+
+
 def _baseline(name: str, options: RMOptions, templates: Templates) -> Any:
     from headvec.rewards.simple import BASELINES
 
@@ -232,6 +240,7 @@ RM_LOADERS: dict[str, RMLoader] = {
     "artifact": _artifact,
     "python": _python,
     "baseline": _baseline,
+    "implicit": _implicit,
 }
 
 
