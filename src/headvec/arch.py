@@ -256,3 +256,89 @@ def weights_fingerprint(model: nn.Module, arch: Architecture) -> str:
         weight = projection_weight(arch.attn_out(model, layer)).detach().float().cpu().contiguous()
         digest.update(weight.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- logit lens
+# Names of the final norm, looked up next to the decoder layer list (its sibling in the same module).
+FINAL_NORM_CANDIDATES: tuple[str, ...] = (
+    "norm",  # Llama, Qwen, Mistral, Gemma, Phi3, DeepSeek, the VLM language models
+    "final_layernorm",  # Phi-1/2
+    "final_layer_norm",  # GPT-NeoX, OPT
+    "ln_f",  # GPT-2, GPT-J, Falcon, Bloom
+    "norm_f",
+    "final_norm",
+)
+# Modules applied after the final norm before the unembedding, when the model has them (OPT's
+# ``project_out`` maps hidden_size to word_embed_proj_dim).
+POST_NORM_CANDIDATES: tuple[str, ...] = ("project_out",)
+
+# model_type -> (final norm path, unembedding path); wins over discovery. An empty norm path means none.
+LENS_OVERRIDES: dict[str, tuple[str, str]] = {}
+
+
+def register_lens(model_type: str, final_norm: str, unembedding: str) -> None:
+    """Tell headvec where a model's final norm and unembedding live, for the logit lens.
+
+    Example: ``register_lens("my_model", "backbone.final_norm", "head")``; ``final_norm=""`` for a model
+    that has none.
+    """
+    LENS_OVERRIDES[model_type] = (final_norm, unembedding)
+
+
+@dataclass(frozen=True)
+class LensModules:
+    """What turns a decoder layer's output into next-token logits, as the model's own head does:
+    ``unembedding(post_norm(final_norm(h)))``, then ``softcap * tanh(logits / softcap)`` when set."""
+
+    final_norm: str  # module path, "" = no final norm
+    post_norm: tuple[str, ...]
+    unembedding: str
+    softcap: float | None
+
+
+def _module_path(model: nn.Module, module: nn.Module) -> str:
+    for path, candidate in model.named_modules():
+        if candidate is module:
+            return path
+    raise UnknownArchitectureError(
+        f"{type(model).__name__}: its output embeddings are not one of its modules; use register_lens"
+    )
+
+
+def discover_lens(model: nn.Module, arch: Architecture) -> LensModules:
+    """Find the final norm (a sibling of the decoder layer list) and the unembedding (the model's output
+    embeddings), so any layer's output can be read as logits; :func:`register_lens` overrides both."""
+    name = type(model).__name__
+    softcap = getattr(_text_config(model.config), "final_logit_softcapping", None)
+    if arch.model_type in LENS_OVERRIDES:
+        norm_path, head_path = LENS_OVERRIDES[arch.model_type]
+        for path in (norm_path, head_path):
+            if path and _try_submodule(model, path) is None:
+                raise UnknownArchitectureError(
+                    f"lens override for {arch.model_type!r} names {path!r}, which is not a module of {name}; "
+                    "fix it with headvec.arch.register_lens"
+                )
+        return LensModules(norm_path, (), head_path, softcap)
+    hint = f"register it with headvec.arch.register_lens({arch.model_type!r}, final_norm=..., unembedding=..)"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise UnknownArchitectureError(
+            f"{name} has no language-model head (an encoder or a base model without output embeddings), so "
+            "there is no logit lens; load it with its LM head (AutoModelForCausalLM)"
+        )
+    parent_path = arch.layers_path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    present = [n for n in FINAL_NORM_CANDIDATES if hasattr(parent, n)]
+    if not present:
+        raise UnknownArchitectureError(
+            f"{name}: no final norm ({', '.join(FINAL_NORM_CANDIDATES)}) next to {arch.layers_path}; {hint}"
+        )
+    prefix = f"{parent_path}." if parent_path else ""
+    norm = getattr(parent, present[0])
+    post = tuple(f"{prefix}{n}" for n in POST_NORM_CANDIDATES if getattr(parent, n, None) is not None)
+    return LensModules(
+        final_norm=f"{prefix}{present[0]}" if norm is not None else "",
+        post_norm=post,
+        unembedding=_module_path(model, head),
+        softcap=float(softcap) if softcap else None,
+    )

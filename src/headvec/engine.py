@@ -128,6 +128,7 @@ class HeadEngine:
         self._tracking_depth = 0
         self._tracking_handle: Any = None
         self._calls = 0  # top-level forward calls, so a hook that never fired can be told apart
+        self._lens: Any = None  # the logit lens's modules, found on first use
         # No KV cache for single forwards: it only costs memory when nothing is generated.
         accepts_cache = "use_cache" in inspect.signature(self.model.forward).parameters
         self._forward_kwargs = {"use_cache": False} if accepts_cache else {}
@@ -311,6 +312,43 @@ class HeadEngine:
             residual=joined([p.residual for p in parts]) if residual else None,
             logits=joined([p.logits for p in parts]) if logits else None,
         )
+
+    # ------------------------------------------------------------------ logit lens
+    def logit_lens(
+        self, residual: torch.Tensor, token_ids: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Read captured residuals (decoder-layer outputs, ``[..., hidden]``) as next-token logits through
+        the model's own final norm and unembedding: the logit lens, fp32 on the CPU.
+
+        Capture the residual stream of every layer in one forward pass (``capture(..., residual=True)``)
+        and pass it here; at the last layer this reproduces the model's logits. ``token_ids`` keeps only
+        those vocabulary columns. The modules come from :func:`headvec.arch.discover_lens`
+        (override: :func:`headvec.arch.register_lens`).
+        """
+        from headvec.arch import discover_lens
+
+        if self._lens is None:
+            self._lens = discover_lens(self.model, self.arch)
+        lens, model = self._lens, self.model
+
+        def run(path: str, x: torch.Tensor) -> torch.Tensor:
+            module = model.get_submodule(path)
+            weight = next(module.parameters(), None)
+            if weight is not None:
+                x = x.to(weight.device, weight.dtype if weight.is_floating_point() else x.dtype)
+            return module(x)
+
+        with torch.no_grad():
+            x = residual
+            for path in ([lens.final_norm] if lens.final_norm else []) + list(lens.post_norm):
+                x = run(path, x)
+            logits = run(lens.unembedding, x)
+            if token_ids is not None:
+                logits = logits[..., torch.as_tensor(token_ids, dtype=torch.long, device=logits.device)]
+            logits = logits.float()
+            if lens.softcap:
+                logits = torch.tanh(logits / lens.softcap) * lens.softcap
+        return logits.cpu()
 
     # ------------------------------------------------------------------ patch
     @contextmanager

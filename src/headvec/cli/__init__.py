@@ -40,6 +40,11 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     ),
     "serve": ("headvec.cli.serve", "app", "Serve models over HTTP"),
     "toyworld": ("headvec.cli.toyworld", "app", "The toy world: data, and the small LLaVA trained on it."),
+    "ic": (
+        "headvec.cli.ic",
+        "app",
+        "Internal consistency: vote over reasoning paths weighted by layer agreement.",
+    ),
 }
 
 
