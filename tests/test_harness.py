@@ -926,3 +926,58 @@ def test_the_toy_judge_reads_verdicts_in_the_rows_language(tmp_path):
         assert result.exit_code == 0, result.output
         unparsed[template] = json.loads((out / "metrics.json").read_text())["unparsed_items"]
     assert unparsed["toyworld"] >= 12 and unparsed["toyworld-xx"] <= unparsed["toyworld"] - 8
+
+
+def test_rewardbench_prior_sets_load_as_conversations_and_weigh_half_a_section(tmp_path):
+    """The official leaderboard score: Prior Sets = unweighted mean of its subsets, then a weighted
+    mean of the sections with weights 2, 2, 2, 2, 1 (analysis/get_benchmark_results.py)."""
+    rb_rows = [
+        {
+            "id": 1,
+            "prompt": "hi",
+            "chosen": "hello there friend",
+            "rejected": "go",
+            "subset": "alpacaeval-easy",
+        },
+    ]
+    prior = tmp_path / "prior"
+    (prior / "data").mkdir(parents=True)
+    conversation = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "reply"}]
+    _write_jsonl(
+        prior / "shp.jsonl",
+        [
+            {
+                "chosen": [*conversation[:1], {"role": "assistant", "content": "a long kind answer"}],
+                "rejected": [*conversation[:1], {"role": "assistant", "content": "no"}],
+            },
+            {
+                "chosen": [
+                    *conversation,
+                    {"role": "user", "content": "more"},
+                    {"role": "assistant", "content": "x"},
+                ],
+                "rejected": [
+                    *conversation,
+                    {"role": "user", "content": "more"},
+                    {"role": "assistant", "content": "x y z"},
+                ],
+            },
+        ],
+    )
+    for name in ("anthropic_helpful", "anthropic_hhh", "summarize"):
+        _write_jsonl(prior / f"{name}.jsonl", [{"prompt": "p", "chosen": "a b c d", "rejected": "a"}])
+    items = load_benchmark("rewardbench", str(_write_jsonl(tmp_path / "rb.jsonl", rb_rows)), prior_sets=prior)
+    shp = [i for i in items if i.subset == "shp"]
+    assert shp[0].prompt == "first" and shp[0].responses == ("a long kind answer", "no")
+    assert shp[1].prompt == "User: first\n\nAssistant: reply\n\nUser: more"
+    assert {i.category for i in items} == {"Chat", "Prior Sets"}
+    run_benchmark(items, RunSettings("rewardbench", "baseline:length"), tmp_path / "run")
+    rb = write_report(tmp_path / "run")["rewardbench"]
+    # length baseline: Chat 1.0; shp 0.5 (the long answer wins once), the other three 1.0 -> Prior 0.875
+    assert rb["sections"]["Prior Sets"] == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert rb["score"] == pytest.approx((2 * 1.0 + 1 * 0.875) / 3)
+
+
+def test_prior_sets_are_refused_for_other_benchmarks(tmp_path):
+    with pytest.raises(DataError, match="RewardBench only"):
+        load_benchmark("vlrewardbench", str(tmp_path / "x.jsonl"), prior_sets=tmp_path)

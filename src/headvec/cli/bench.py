@@ -31,6 +31,13 @@ def run(
         typer.Option(help="Local parquet/JSONL/JSON file or folder, or a hub id (default: the official id)."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split (default: test / filtered).")] = None,
+    prior_sets: Annotated[
+        str | None,
+        typer.Option(
+            help="RewardBench only: also score its Prior Sets from this folder or hub id "
+            "(allenai/preference-test-sets), for the official weighted score."
+        ),
+    ] = None,
     k: Annotated[
         int | None,
         typer.Option(
@@ -87,7 +94,7 @@ def run(
         from headvec.toyworld.adapters import toy_judge_templates
 
         TEMPLATES.update(toy_judge_templates())
-    items = load_benchmark(benchmark, data, split)
+    items = load_benchmark(benchmark, data, split, prior_sets)
     # the official sampling defaults are for a generative judge on the benchmark's own prompt
     official_judge = rm.split(":", 1)[0] in ("judge", "openai") and template in (
         None,
@@ -122,6 +129,7 @@ def run(
         seed=seed,
         source=data,
         split=split,
+        prior_sets=prior_sets,
         limit=limit,
         options=options.to_dict(),
         order=official["order"],

@@ -12,7 +12,8 @@ are neither agree nor reject (:data:`OFFICIAL_UNPARSED_RULE`): RewardBench credi
 so reruns agree), VL-RewardBench leaves them out of the denominator (``cal.py``, which also reads any
 ``Answer N`` other than the rejected one as agreement). Overall accuracy is weighted by category size;
 macro is the mean over categories. RewardBench uses its own weighting (per-subset accuracy, sections
-weighted by the official example counts, score = mean of sections). 95% CIs are seeded percentile
+weighted by the official example counts, Prior Sets the unweighted mean of its four subsets, score = the
+mean of the sections with Prior Sets at half weight). 95% CIs are seeded percentile
 bootstraps over items (stratified by category for overall and macro).
 """
 
@@ -26,7 +27,12 @@ from typing import Any
 import numpy as np
 
 from headvec.harness.prompts import vlrb_answer_number
-from headvec.harness.schema import REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS
+from headvec.harness.schema import (
+    REWARDBENCH_EXAMPLE_COUNTS,
+    REWARDBENCH_PRIOR_SECTION,
+    REWARDBENCH_PRIOR_SUBSETS,
+    REWARDBENCH_SECTIONS,
+)
 from headvec.stats import bootstrap_ci
 
 K_VALUES = (1, 3, 5, 7, 9)
@@ -191,14 +197,20 @@ def rewardbench_scores(records: Sequence[dict], k: int | None = None, seed: int 
             if present:
                 weights = [REWARDBENCH_EXAMPLE_COUNTS[s] for s in present]
                 out[section] = sum(acc[s] * w for s, w in zip(present, weights, strict=True)) / sum(weights)
+        prior = [acc[s] for s in REWARDBENCH_PRIOR_SUBSETS if s in acc]
+        if prior:  # unweighted over the subsets: their sizes differ by orders of magnitude
+            out[REWARDBENCH_PRIOR_SECTION] = float(np.mean(prior))
         return out
 
     subset_acc = {name: float(correct[idx].mean()) for name, idx in subsets.items()}
     sections = sections_of(subset_acc)
 
     def score_of(acc: dict[str, float]) -> float:
-        values = list(sections_of(acc).values())
-        return float(np.mean(values)) if values else float("nan")  # no RewardBench subset present
+        sections = sections_of(acc)
+        if not sections:  # no RewardBench subset present
+            return float("nan")
+        weights = [1.0 if name == REWARDBENCH_PRIOR_SECTION else 2.0 for name in sections]
+        return float(np.average(list(sections.values()), weights=weights))
 
     strict_acc = {name: float(strict[idx].mean()) for name, idx in subsets.items()}
     return {

@@ -64,9 +64,13 @@ class RunSettings:
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     order: str | None = None  # None: the benchmark's official order; "both" / "seeded" for position bias
+    prior_sets: str | None = None  # RewardBench's Prior Sets source, when they are part of the run
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        settings = asdict(self)
+        if settings["prior_sets"] is None:  # runs made without them keep resuming
+            del settings["prior_sets"]
+        return settings
 
 
 def reward_model_factory(settings: RunSettings) -> Callable[[], Any]:

@@ -20,7 +20,11 @@ from headvec.errors import DataError
 from headvec.rewards.pairs import PreferencePair, item_uid
 
 BENCHMARKS = ("vlrewardbench", "multimodal-rewardbench", "rewardbench")
-HF_IDS = {"vlrewardbench": "MMInstruction/VL-RewardBench", "rewardbench": "allenai/reward-bench"}
+HF_IDS = {
+    "vlrewardbench": "MMInstruction/VL-RewardBench",
+    "rewardbench": "allenai/reward-bench",
+    "rewardbench-prior": "allenai/preference-test-sets",
+}
 DEFAULT_SPLITS = {"vlrewardbench": "test", "rewardbench": "filtered", "multimodal-rewardbench": "test"}
 
 # VL-RewardBench's official scorer (cal.py, after the 2025-05 POVID fix): id prefix -> source dataset.
@@ -87,6 +91,11 @@ REWARDBENCH_EXAMPLE_COUNTS = {
     "hep-rust": 164,
 }
 REWARDBENCH_SECTION_BY_SUBSET = {s: sec for sec, subs in REWARDBENCH_SECTIONS.items() for s in subs}
+# RewardBench's Prior Sets (allenai/preference-test-sets, one split per subset): the unweighted mean of
+# these four subsets, weighed at half a section in the final score (the official leaderboard script's
+# weights 2, 2, 2, 2, 1 over Chat, Chat Hard, Safety, Reasoning, Prior Sets).
+REWARDBENCH_PRIOR_SECTION = "Prior Sets"
+REWARDBENCH_PRIOR_SUBSETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
 
 
 def vlrb_source(item_id: str) -> str:
@@ -153,6 +162,36 @@ class RewardBenchRow(BaseModel):
     subset: str
 
 
+Message = dict[str, Any]
+
+
+class PriorSetRow(BaseModel):
+    """A preference-test-sets row: ``chosen`` / ``rejected`` are whole conversations (or plain texts with
+    a ``prompt``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | int | None = None
+    prompt: str | None = None
+    chosen: str | list[Message]
+    rejected: str | list[Message]
+
+    @field_validator("chosen", "rejected")
+    @classmethod
+    def _ends_with_a_reply(cls, value: str | list[Message]) -> str | list[Message]:
+        if isinstance(value, list) and not (value and all("content" in m for m in value)):
+            raise ValueError("must be a non-empty list of messages with 'content'")
+        return value
+
+
+def _conversation_text(messages: list[Message]) -> str:
+    """Earlier turns of a conversation as one prompt text (``User: ...`` / ``Assistant: ...``)."""
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    if len(messages) == 1:
+        return str(messages[0]["content"])
+    return "\n\n".join(f"{names.get(m.get('role', 'user'), 'User')}: {m['content']}" for m in messages)
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading raw rows
 
@@ -196,6 +235,7 @@ def _find_data_file(folder: Path, benchmark: str, split: str) -> Path:
         ],
         "multimodal-rewardbench": ["all_data.json", "data/all_data.json", "*.jsonl"],
         "rewardbench": [f"data/{split}-*.parquet", f"{split}-*.parquet", "*.parquet", "*.jsonl"],
+        "rewardbench-prior": [f"data/{split}-*.parquet", f"{split}-*.parquet", f"{split}.jsonl"],
     }[benchmark]
     for pattern in patterns:
         found = sorted(folder.glob(pattern))
@@ -377,6 +417,41 @@ def load_rewardbench(
     return _deduplicated(items, label)
 
 
+def load_rewardbench_prior_sets(
+    source: str | Path = HF_IDS["rewardbench-prior"], subsets: tuple[str, ...] = REWARDBENCH_PRIOR_SUBSETS
+) -> list[PreferencePair]:
+    """RewardBench's Prior Sets from ``allenai/preference-test-sets`` (a hub id, or a folder holding
+    ``data/<subset>-*.parquet`` or ``<subset>.jsonl``): one split per subset, chosen stored first. A
+    conversation's earlier turns become the prompt and its last turn the response."""
+    items = []
+    for subset in subsets:
+        label, _, rows = _raw_rows(source, "rewardbench-prior", subset)
+        for number, obj in rows:
+            row = _validate(PriorSetRow, obj, f"{label} row {number}")
+            chosen, rejected = row.chosen, row.rejected
+            prompt = row.prompt or ""
+            if isinstance(chosen, list):
+                prompt = row.prompt or _conversation_text(chosen[:-1])
+                chosen = str(chosen[-1]["content"])
+            if isinstance(rejected, list):
+                rejected = str(rejected[-1]["content"])
+            item_id = f"{subset}-{row.id if row.id is not None else number}"
+            responses = (chosen, rejected)
+            items.append(
+                PreferencePair(
+                    benchmark="rewardbench",
+                    uid=item_uid(item_id, prompt, responses),
+                    id=item_id,
+                    prompt=prompt,
+                    responses=responses,
+                    better=0,
+                    category=REWARDBENCH_PRIOR_SECTION,
+                    subset=subset,
+                )
+            )
+    return _deduplicated(items, str(source))
+
+
 def _deduplicated(items: list[PreferencePair], label: str) -> list[PreferencePair]:
     """Drop exact repeats (same uid), as the official scorer's dict does; an empty file is an error."""
     if not items:
@@ -398,9 +473,16 @@ LOADERS: dict[str, Callable[..., list[PreferencePair]]] = {
 
 
 def load_benchmark(
-    benchmark: str, source: str | Path | None = None, split: str | None = None
+    benchmark: str,
+    source: str | Path | None = None,
+    split: str | None = None,
+    prior_sets: str | Path | None = None,
 ) -> list[PreferencePair]:
-    """Load a benchmark by name from ``source`` (default: its hub id, which needs the network)."""
+    """Load a benchmark by name from ``source`` (default: its hub id, which needs the network).
+    ``prior_sets``: RewardBench only, add its Prior Sets from this source (see
+    :func:`load_rewardbench_prior_sets`) so the score is the official weighted one."""
+    if prior_sets is not None and benchmark != "rewardbench":
+        raise DataError(f"--prior-sets belongs to RewardBench only, not {benchmark}")
     if benchmark not in LOADERS:
         raise DataError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
     if source is None:
@@ -410,4 +492,5 @@ def load_benchmark(
                 "scripts/0_download_data.py) and pass --data data/all_data.json"
             )
         source = HF_IDS[benchmark]
-    return LOADERS[benchmark](source, split or DEFAULT_SPLITS[benchmark])
+    items = LOADERS[benchmark](source, split or DEFAULT_SPLITS[benchmark])
+    return items + load_rewardbench_prior_sets(prior_sets) if prior_sets is not None else items
