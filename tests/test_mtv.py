@@ -318,6 +318,7 @@ def test_cli_fit_run_eval_on_jsonl(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert set(results["conditions"]) == {
+        "majority",
         "icl_0shot",
         "icl_1shot",
         "icl_2shot",
@@ -350,6 +351,7 @@ def test_toy_icl_evaluation_end_to_end(tmp_path):
     )
     results = evaluate_toy_icl(load(tmp_path / "toy", device="cpu"), config, progress=False)
     assert set(results["conditions"]) == {
+        "majority",
         "icl_0shot",
         "icl_1shot",
         "mtv",
@@ -363,3 +365,15 @@ def test_toy_icl_evaluation_end_to_end(tmp_path):
     written = write_report(results, tmp_path / "report", "test")
     assert all(path.is_file() for path in written)
     assert "MTV + 1-shot" in (tmp_path / "report" / "results.md").read_text()
+    assert "majority class" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_majority_hits_mark_the_queries_whose_answer_is_the_most_common():
+    from headvec.evaluation.mtv import majority_hits
+
+    def episode(answer: str) -> IclEpisode:
+        return IclEpisode((), Example("q", (), answer))
+
+    episodes = [episode(a) for a in ("red", "red square", "blue", "red")]
+    assert majority_hits(episodes) == [True, False, False, True]  # exact: "red" 2 of 4
+    assert majority_hits(episodes, match="first_word") == [True, True, False, True]  # "red" 3 of 4

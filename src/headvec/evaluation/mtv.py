@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,14 @@ def _hits(answers: Sequence[str], episodes: Sequence[IclEpisode], match: str = "
         normalize_answer(a, match) == normalize_answer(e.query.answer or "", match)
         for a, e in zip(answers, episodes, strict=True)
     ]
+
+
+def majority_hits(episodes: Sequence[IclEpisode], match: str = "exact") -> list[bool]:
+    """Per query: is its answer the task's most common one? (always answering that is the baseline a
+    classifier must beat when the answers are imbalanced)"""
+    answers = [normalize_answer(e.query.answer or "", match) for e in episodes]
+    top = Counter(answers).most_common(1)[0][0] if answers else None
+    return [a == top for a in answers]
 
 
 def _summary(hits: Sequence[bool], seed: int) -> dict[str, Any]:
@@ -145,7 +154,7 @@ def evaluate_mtv(
         probe = IclEpisode(tuple(shot for e in test for shot in e.shots)[:256], test[0].query)
         context_limit_shots = _context_shots(loaded, probe)
         context_fit = min(context_limit_shots, min(len(e.shots) for e in test))
-        task_hits: dict[str, list[bool]] = {}
+        task_hits: dict[str, list[bool]] = {"majority": majority_hits(test, config.match)}
         for k in config.icl_shots:
             if k > context_fit:
                 continue
@@ -251,6 +260,7 @@ def _cost(loaded: LoadedModel, mtv: MultimodalTaskVector, queries: list[IclEpiso
 
 # ------------------------------------------------------------------------------------ reporting
 LABELS = {
+    "majority": "majority class (per task)",
     "mtv": "MTV (0 shots in the prompt)",
     "mtv_1shot": "MTV + 1-shot (heads searched 1-shot)",
     "mtv_1shot_zero_shot_heads": "MTV + 1-shot (zero-shot heads)",
@@ -388,6 +398,9 @@ def plot_scaling(results: dict[str, Any], path: Path) -> Path:
     zero = results["conditions"].get("icl_0shot")
     if zero:
         ax.axhline(zero["accuracy"], color="black", lw=0.8, label="zero-shot")
+    majority = results["conditions"].get("majority")
+    if majority:
+        ax.axhline(majority["accuracy"], color="black", lw=0.9, ls="-.", label="majority class")
     fits = min(t["context_fits_shots"] for t in results["per_task"].values())
     ax.axvline(fits, color="grey", ls=":", label=f"context limit (~{fits} shots)")
     ax.set_xscale("log")
