@@ -31,6 +31,7 @@ LABELS = {
     "toyworld": "toyworld (data, toy model, adapters)",
     "rewards": "rewards (protocols, judges, runner)",
     "methods": "methods (SAV, MTV, head search)",
+    "redteam": "redteam (ReMiss suffixes, backdoor scan)",
     "testing": "testing (tiny models)",
     "models": "models: load, LoadedModel",
     "arch": "arch: heads of the backbone",

@@ -31,6 +31,7 @@ MAY_IMPORT = {
     "harness": CORE | SUPPORT | {"rewards"},
     "serving": CORE | SUPPORT | {"rewards"},
     "toyworld": CORE | SUPPORT | {"methods", "rewards"},
+    "redteam": CORE | SUPPORT | {"rewards", "toyworld", "alignment"},
     "testing": CORE | SUPPORT,
 }
 
