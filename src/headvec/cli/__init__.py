@@ -46,6 +46,7 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
         "app",
         "Internal consistency: vote over reasoning paths weighted by layer agreement.",
     ),
+    "lsar": ("headvec.cli.lsar", "app", "LSAR: language-agnostic embeddings, a language subspace removed."),
 }
 
 
