@@ -20,13 +20,11 @@ from headvec.methods.ccot import (
     OFFICIAL_PROMPTS,
     CompositionalCoT,
     VQAItem,
-    answer_from_graph,
-    graph_facts,
-    graph_quality,
     parse_answer,
     parse_graph,
 )
 from headvec.testing import TEXT_ONLY, TINY_ARCHITECTURES
+from headvec.toyworld.graphs import answer_from_graph, graph_facts, graph_quality
 from headvec.toyworld.scenes import Obj, Scene
 from headvec.toyworld.tasks import QTYPES, Question, ask_many, scene_graph
 
@@ -238,7 +236,8 @@ def test_an_openai_compatible_endpoint_gives_the_local_answers(tiny_model_dir):
     path build the same chat-templated prompt, so greedy answers agree."""
     import uvicorn
 
-    from headvec.methods.ccot import EndpointGenerator, LocalGenerator
+    from headvec.evaluation.ccot import endpoint_generator
+    from headvec.methods.ccot import LocalGenerator
     from headvec.models import load
     from headvec.serving.chat import create_app
 
@@ -257,7 +256,7 @@ def test_an_openai_compatible_endpoint_gives_the_local_answers(tiny_model_dir):
             time.sleep(0.05)
         items = _items(2)
         caps = {"graph_max_new_tokens": 6, "answer_max_new_tokens": 3}
-        remote = CompositionalCoT(EndpointGenerator(f"http://127.0.0.1:{port}/v1", "tiny"), **caps)
+        remote = CompositionalCoT(endpoint_generator(f"http://127.0.0.1:{port}/v1", "tiny"), **caps)
         local = CompositionalCoT(LocalGenerator(loaded), **caps)
         got, expected = remote.run(items, "ccot"), local.run(items, "ccot")
         assert [o.graph for o in got] == [o.graph for o in expected]

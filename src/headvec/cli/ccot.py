@@ -110,14 +110,8 @@ def evaluate(
 ) -> None:
     """CCoT vs direct answer vs zero-shot CoT per question type, with scene-graph validity and quality."""
     from headvec.errors import HeadvecError
-    from headvec.evaluation.ccot import run_methods, summarize, toy_items, write_report
-    from headvec.methods.ccot import (
-        METHODS,
-        CompositionalCoT,
-        EndpointGenerator,
-        LocalGenerator,
-        get_prompts,
-    )
+    from headvec.evaluation.ccot import endpoint_generator, run_methods, summarize, toy_items, write_report
+    from headvec.methods.ccot import METHODS, CompositionalCoT, LocalGenerator, get_prompts
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METHODS]
@@ -133,7 +127,7 @@ def evaluate(
     else:
         items, questions = _read_items(data), None
     if endpoint is not None:
-        generator = EndpointGenerator(endpoint, endpoint_model, api_key=api_key)
+        generator = endpoint_generator(endpoint, endpoint_model, api_key=api_key)
         name = f"{endpoint_model} at {endpoint}"
     else:
         loaded = load_model(

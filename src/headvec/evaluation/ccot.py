@@ -25,15 +25,14 @@ from headvec._optional import require
 from headvec.errors import DataError, HeadvecError
 from headvec.methods.ccot import (
     GRAPH_METHODS,
-    KINDS,
     CompositionalCoT,
+    EndpointGenerator,
     VQAItem,
-    answer_from_graph,
     check_items,
-    graph_quality,
     is_correct,
 )
 from headvec.stats import bootstrap_ci
+from headvec.toyworld.graphs import KINDS, answer_from_graph, graph_quality
 
 GROUPS = ("attribute", "counting", "existence", "relation")
 METHOD_LABELS = {
@@ -43,6 +42,34 @@ METHOD_LABELS = {
     "ccot_answer": "CCoT, answer-conditioned",
     "ccot_gold": "CCoT step 2 with the true graph (control)",
 }
+
+
+def endpoint_generator(
+    base_url: str,
+    model: str,
+    *,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 3,
+    concurrency: int = 8,
+) -> EndpointGenerator:
+    """CCoT over an OpenAI-compatible endpoint, through :class:`~headvec.rewards.judges.OpenAIJudge`'s
+    client (one user message per call, the image with it; temperature 0)."""
+    from headvec.rewards.judges import OpenAIJudge, PairwiseTemplate
+
+    plain = PairwiseTemplate("ccot", build=lambda prompt, a, b: prompt, parse=lambda output: None)
+    client = OpenAIJudge(
+        base_url,
+        model,
+        plain,
+        api_key=api_key,
+        timeout=timeout,
+        max_retries=max_retries,
+        concurrency=concurrency,
+        temperature=0.0,
+        top_p=1.0,
+    )
+    return EndpointGenerator(client)
 
 
 def toy_items(n: int, seed: int = 0, image_size: int | None = None) -> tuple[list[VQAItem], list[Any]]:

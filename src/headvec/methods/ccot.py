@@ -9,18 +9,17 @@ graph conditioned on question and answer, then asks for an improved answer.
 
 Generation goes through a :class:`Generator`: :class:`LocalGenerator` for any model headvec loads (its own
 chat template, :meth:`~headvec.engine.HeadEngine.generate`), :class:`EndpointGenerator` for any
-OpenAI-compatible endpoint (the client of :class:`~headvec.rewards.judges.OpenAIJudge`). Baselines: the
+OpenAI-compatible endpoint (the client of :class:`~headvec.rewards.judges.OpenAIJudge`, built by
+:func:`headvec.evaluation.ccot.endpoint_generator`). Baselines: the
 direct answer and zero-shot chain of thought ("Let's think step by step").
 
-Scene-graph quality is scored against ground truth (:func:`graph_quality`): object, attribute and
-relation precision and recall, with relations compared in one canonical direction.
+Scene-graph quality against the toy world's ground truth is in :mod:`headvec.toyworld.graphs`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -180,38 +179,19 @@ class LocalGenerator:
 
 
 class EndpointGenerator:
-    """Any OpenAI-compatible chat endpoint, through :class:`~headvec.rewards.judges.OpenAIJudge`'s client
-    (timeouts, retries with backoff, one-line errors); temperature 0, as the official scripts run."""
+    """Any OpenAI-compatible chat endpoint, through a client with the interface of
+    :class:`~headvec.rewards.judges.OpenAIJudge` (timeouts, retries with backoff, one-line errors), run
+    at temperature 0 as the official scripts are. :func:`headvec.evaluation.ccot.endpoint_generator`
+    builds one from a URL."""
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        concurrency: int = 8,
-    ) -> None:
-        from headvec.rewards.judges import OpenAIJudge, PairwiseTemplate
-
-        plain = PairwiseTemplate("ccot", build=lambda prompt, a, b: prompt, parse=lambda output: None)
-        self.client = OpenAIJudge(
-            base_url,
-            model,
-            plain,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            concurrency=concurrency,
-            temperature=0.0,
-            top_p=1.0,
-        )
+    def __init__(self, client: Any) -> None:
+        self.client = client
 
     def generate(self, requests: Sequence[tuple[str, Any]], max_new_tokens: int) -> list[str]:
         self.client.max_tokens = max_new_tokens
-        with ThreadPoolExecutor(max_workers=self.client.concurrency) as pool:
-            outputs = pool.map(lambda request: self.client._chat(request[0], request[1], 0), requests)
+        ask = getattr(self.client, "chat", None) or self.client._chat  # OpenAIJudge: one user message
+        with ThreadPoolExecutor(max_workers=getattr(self.client, "concurrency", 1)) as pool:
+            outputs = pool.map(lambda request: ask(request[0], request[1], 0), requests)
             return [output.strip() for output in outputs]
 
 
@@ -243,8 +223,6 @@ class CompositionalCoT:
         Cap on the answer of step 2 and of the direct baseline.
     cot_max_new_tokens : int, default=256
         Cap on a zero-shot chain of thought.
-    language : str, default="en"
-        The toy world's language, for reading "so the answer is X" chains.
     """
 
     def __init__(
@@ -255,13 +233,11 @@ class CompositionalCoT:
         graph_max_new_tokens: int = 256,
         answer_max_new_tokens: int = 64,
         cot_max_new_tokens: int = 256,
-        language: str = "en",
     ) -> None:
         self.generator, self.prompts = generator, prompts
         self.graph_max_new_tokens = graph_max_new_tokens
         self.answer_max_new_tokens = answer_max_new_tokens
         self.cot_max_new_tokens = cot_max_new_tokens
-        self.language = language
 
     def _ask(
         self, template: str, items: Sequence[VQAItem], max_new_tokens: int, **per_item: list
@@ -323,7 +299,7 @@ class CompositionalCoT:
         results = []
         for item, output, graph, first in zip(items, outputs, graphs, firsts, strict=True):
             valid = None if graph is None else parse_graph(graph) is not None
-            prediction = parse_answer(output, item.options, self.language)
+            prediction = parse_answer(output, item.options)
             results.append(CCoTOutput(method, output, prediction, graph, valid, first))
         return results
 
@@ -332,20 +308,16 @@ class CompositionalCoT:
 def parse_graph(text: str | None) -> dict | list | None:
     """The scene graph as JSON (an object or a list), or None when it is not JSON.
 
-    Tried in order: the text as is; inside a Markdown code fence; with the toy model's word-level spacing
-    undone (``{ " id " : 0`` -> ``{"id":0``); the first balanced ``{...}`` block. Keys and strings are
-    stripped of surrounding spaces. Nothing else is repaired: a graph cut off by the token cap stays
-    invalid.
+    Tried in order: the text as is; inside a Markdown code fence; the first balanced ``{...}`` block.
+    Keys and strings are stripped of surrounding spaces, so the toy model's word-level spacing
+    (``{ " id " : 0``, valid JSON) reads as ``{"id": 0}``. Nothing else is repaired: a graph cut off by
+    the token cap stays invalid.
     """
     if not text or not text.strip():
         return None
-    from headvec.toyworld.evaluate import detokenize_json
-
     stripped = text.strip()
     fenced = re.search(r"```(?:json)?\s*(.*?)```", stripped, re.DOTALL)
-    candidates = [stripped, fenced.group(1) if fenced else None, detokenize_json(stripped)]
-    block = _first_braced(stripped)
-    candidates += [block, detokenize_json(block) if block else None]
+    candidates = [stripped, fenced.group(1) if fenced else None, _first_braced(stripped)]
     for candidate in candidates:
         if not candidate:
             continue
@@ -393,25 +365,21 @@ _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECAS
 _LETTER = re.compile(r"^\(?([A-J])(?:[\).:]|\s|$)")
 
 
-def parse_answer(text: str, options: Sequence[str] = (), language: str = "en") -> str | None:
+def parse_answer(text: str, options: Sequence[str] = ()) -> str | None:
     """The answer in a model's output, normalised for comparison (lower case; a letter upper case).
 
-    A toy-world chain (``... so the answer is X .``) is read by
-    :func:`~headvec.toyworld.tasks.parse_final_answer`; an English chain by its last "answer is X"; a
-    multiple-choice answer is its letter (or the option whose text it repeats); anything else is the
-    first line without a final period (:func:`~headvec.methods.mtv.normalize_answer`). None when nothing
-    can be read.
+    A chain of thought is read at its last "answer is X" (the toy world's ``... so the answer is X .``
+    too, as :func:`~headvec.toyworld.tasks.parse_final_answer` reads it in English); a multiple-choice
+    answer is its letter (or the option whose text it repeats); anything else is the first line without
+    a final period (:func:`~headvec.methods.mtv.normalize_answer`). None when nothing can be read.
     """
     from headvec.methods.mtv import normalize_answer
-    from headvec.toyworld.tasks import parse_final_answer
 
     text = text.strip()
     if not text:
         return None
-    chained = parse_final_answer(text, language) if language else None
-    if chained is None:
-        found = _ANSWER_IS.findall(text)
-        chained = found[-1].strip() if found else None
+    found = _ANSWER_IS.findall(text)
+    chained = found[-1].strip() if found else None
     answer = chained.lstrip(": ") if chained is not None else text
     if options:
         letter = _LETTER.match(answer.strip())
@@ -434,211 +402,3 @@ def is_correct(prediction: str | None, item: VQAItem) -> bool:
     if item.options:
         return prediction.upper() == item.answer.strip().upper()
     return prediction == normalize_answer(item.answer)
-
-
-# ------------------------------------------------------------------------------------ graph quality
-KINDS = ("objects", "attributes", "relations")
-_CANONICAL = {"left of": ("left of", False), "right of": ("left of", True), "above": ("above", False)}
-_CANONICAL["below"] = ("above", True)
-
-
-@dataclass(frozen=True)
-class GraphFacts:
-    """A scene graph as countable facts: object categories (shapes), ``(shape, attribute, value)``
-    attributes, and ``(subject, relation, object)`` relations between ``"color shape"`` names in one
-    direction (``left of`` / ``above``: ``right of`` and ``below`` are swapped into them)."""
-
-    objects: Counter
-    attributes: Counter
-    relations: Counter
-    named: tuple[tuple[str | None, str | None, str | None], ...] = ()  # (shape, color, size) per object
-
-
-def _words_of(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return re.findall(r"[a-z]+", value.lower())
-    if isinstance(value, dict):
-        return [w for v in value.values() for w in _words_of(v)]
-    if isinstance(value, list | tuple):
-        return [w for v in value for w in _words_of(v)]
-    return []
-
-
-def _describe(entry: Any) -> tuple[str | None, str | None, str | None]:
-    """(shape, color, size) read from an object entry's words, whatever its keys (toy vocabulary)."""
-    from headvec.toyworld.scenes import COLORS, PLURALS, SHAPES, SIZES
-
-    singular = {plural: shape for shape, plural in PLURALS.items()}
-    words = [singular.get(w, w) for w in _words_of(entry)]
-
-    def first(allowed: Sequence[str]) -> str | None:
-        return next((w for w in words if w in allowed), None)
-
-    return first(SHAPES), first(COLORS), first(SIZES)
-
-
-def graph_facts(graph: dict | list | str | None) -> GraphFacts:
-    """Read a scene graph (parsed, or text that :func:`parse_graph` can read) into :class:`GraphFacts`.
-
-    Objects are the entries of ``objects`` (a list, or a dict name -> entry); an object's shape, colour
-    and size are the toy-world words among its values (any keys: ``shape``/``name``/``attributes``...).
-    Relations are entries of ``relations`` (or ``relationships``) as dicts with subject / relation (or
-    predicate) / object, or ``[subject, relation, object]`` lists; their ends are object ids, indices
-    or names. An invalid graph gives no facts.
-    """
-    if isinstance(graph, str) or graph is None:
-        graph = parse_graph(graph)
-    empty = GraphFacts(Counter(), Counter(), Counter())
-    if not isinstance(graph, dict):
-        return empty
-    raw_objects = graph.get("objects", [])
-    if isinstance(raw_objects, dict):
-        raw_objects = [
-            {"name": key, **v} if isinstance(v, dict) else [key, v] for key, v in raw_objects.items()
-        ]
-    if not isinstance(raw_objects, list):
-        raw_objects = []
-    described = [_describe(entry) for entry in raw_objects]
-    by_id: dict[str, tuple] = {}
-    for index, (entry, desc) in enumerate(zip(raw_objects, described, strict=True)):
-        by_id[str(index)] = desc
-        if isinstance(entry, dict):
-            for key in ("id", "name"):
-                if key in entry and isinstance(entry[key], str | int):
-                    by_id.setdefault(str(entry[key]), desc)
-    objects = Counter(shape for shape, _, _ in described if shape)
-    attributes: Counter = Counter()
-    for shape, color, size in described:
-        if shape:
-            attributes.update(
-                (shape, kind, value) for kind, value in (("color", color), ("size", size)) if value
-            )
-    relations: Counter = Counter()
-    raw_relations = graph.get("relations", graph.get("relationships", []))
-    for entry in raw_relations if isinstance(raw_relations, list) else []:
-        triple = _relation_triple(entry, by_id)
-        if triple is not None:
-            relations[triple] += 1
-    return GraphFacts(objects, attributes, +relations, tuple(described))
-
-
-def _relation_triple(entry: Any, by_id: dict[str, tuple]) -> tuple[str, str, str] | None:
-    if isinstance(entry, dict):
-        subject = entry.get("subject", entry.get("source"))
-        rel = entry.get("relation", entry.get("predicate", entry.get("relationship")))
-        obj = entry.get("object", entry.get("target"))
-    elif isinstance(entry, list | tuple) and len(entry) == 3:
-        subject, rel, obj = entry
-    else:
-        return None
-    if not isinstance(rel, str):
-        return None
-    canonical = _CANONICAL.get(" ".join(_words_of(rel)).replace("to the ", "").replace(" the", ""))
-    ends = [_name(end, by_id) for end in (subject, obj)]
-    if canonical is None or None in ends:
-        return ("?", rel, "?")  # a relation the vocabulary cannot express: counted, never matched
-    relation, swap = canonical
-    a, b = ends[::-1] if swap else ends
-    return (a, relation, b)  # type: ignore[return-value]
-
-
-def _name(end: Any, by_id: dict[str, tuple]) -> str | None:
-    desc = by_id.get(str(end)) if isinstance(end, str | int) else None
-    shape, color, _ = desc if desc is not None else _describe(end)
-    return f"{color} {shape}" if shape and color else None
-
-
-@dataclass
-class GraphScore:
-    """True positives, predicted and gold counts of one graph, per kind of fact."""
-
-    tp: dict[str, int]
-    predicted: dict[str, int]
-    gold: dict[str, int]
-
-    def precision(self, kind: str) -> float | None:
-        return self.tp[kind] / self.predicted[kind] if self.predicted[kind] else None
-
-    def recall(self, kind: str) -> float | None:
-        return self.tp[kind] / self.gold[kind] if self.gold[kind] else None
-
-
-def graph_quality(predicted: dict | list | str | None, truth: dict | list | str) -> GraphScore:
-    """Match a predicted scene graph's facts against the true graph's (multiset intersection per kind).
-
-    Precision is undefined (None) for a graph with no facts of a kind, recall for a truth without any
-    (e.g. relations of a one-object scene); an invalid predicted graph has no facts, so recall 0.
-    """
-    pred, gold = graph_facts(predicted), graph_facts(truth)
-    tp, n_pred, n_gold = {}, {}, {}
-    for kind in KINDS:
-        p, g = getattr(pred, kind), getattr(gold, kind)
-        tp[kind] = sum((p & g).values())
-        n_pred[kind], n_gold[kind] = sum(p.values()), sum(g.values())
-    return GraphScore(tp, n_pred, n_gold)
-
-
-# ---------------------------------------------------------------------------- answers read off a graph
-def answer_from_graph(question: Any, graph: dict | list | str | None) -> str | None:
-    """The answer a toy-world question (:class:`~headvec.toyworld.tasks.Question`) has in this graph,
-    read off by rule: what a perfect answer step would say given the model's own graph. None when the
-    graph does not determine it (the named object missing or not unique)."""
-    from headvec.toyworld.language import NUMBERS
-    from headvec.toyworld.tasks import short_name
-
-    facts = graph_facts(graph)
-    objects = [o for o in facts.named if o[0] is not None]
-    scene = question.scene
-
-    def named(index: int) -> list[tuple]:
-        target = scene.objects[index]
-        by_shape_only = short_name(target, scene) == f"the {target.shape}"
-        return [o for o in objects if o[0] == target.shape and (by_shape_only or o[1] == target.color)]
-
-    def number(n: int) -> str:
-        return NUMBERS[n] if n < len(NUMBERS) else str(n)
-
-    def one(found: list[tuple]) -> tuple | None:
-        return found[0] if len(found) == 1 else None
-
-    qtype = question.qtype
-    if qtype == "color":
-        target = scene.objects[question.focus[0]]
-        found = one([o for o in objects if o[0] == target.shape])
-        return found[1] if found else None
-    if qtype == "shape":
-        target = scene.objects[question.focus[0]]
-        found = one([o for o in objects if o[1] == target.color])
-        return found[0] if found else None
-    if qtype == "size":
-        found = one(named(question.focus[0]))
-        return found[2] if found else None
-    if qtype == "count":
-        return number(len(facts.named))
-    if qtype in ("count_color", "count_shape"):
-        slot = 1 if qtype == "count_color" else 0
-        return number(sum(o[slot] == question.about for o in objects))
-    if qtype == "exist":
-        words = question.question.rstrip(" ?").split()
-        color, shape = words[-2], words[-1]
-        return "yes" if any(o[0] == shape and o[1] == color for o in objects) else "no"
-    canonical, swap = _CANONICAL[question.relation]
-    if qtype == "relation":
-        anchor = one(named(question.focus[1]))
-        if anchor is None:
-            return None
-        anchor_name = f"{anchor[1]} {anchor[0]}"
-        hits = [
-            (a if swap else b, a if not swap else b)
-            for (a, rel, b) in facts.relations
-            if rel == canonical and (a if swap else b) == anchor_name
-        ]
-        return f"the {hits[0][1]}" if len(hits) == 1 else None
-    if qtype == "relation_yesno":
-        ends = [one(named(i)) for i in question.focus]
-        if None in ends:
-            return None
-        a, b = (f"{o[1]} {o[0]}" for o in ends)  # type: ignore[index]
-        triple = (b, canonical, a) if swap else (a, canonical, b)
-        return "yes" if facts.relations[triple] else "no"
-    raise HeadvecError(f"no graph reading for {qtype!r} questions")
