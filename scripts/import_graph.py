@@ -33,6 +33,7 @@ LABELS = {
     "methods": "methods (SAV, MTV, head search)",
     "redteam": "redteam (ReMiss suffixes, backdoor scan)",
     "testing": "testing (tiny models)",
+    "rl": "rl (offline-RL pretraining: CurrMask, PDT)",
     "models": "models: load, LoadedModel",
     "arch": "arch: heads of the backbone",
     "engine": "engine: capture, patch, generate",

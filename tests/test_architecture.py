@@ -33,6 +33,7 @@ MAY_IMPORT = {
     "toyworld": CORE | SUPPORT | {"methods", "rewards"},
     "redteam": CORE | SUPPORT | {"rewards", "toyworld", "alignment"},
     "testing": CORE | SUPPORT,
+    "rl": SUPPORT,
 }
 
 

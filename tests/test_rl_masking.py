@@ -30,7 +30,9 @@ def runs(row: torch.Tensor) -> list[tuple[int, int]]:
     return out
 
 
-@pytest.mark.parametrize("length,ratio,expected", [(32, 0.15, 5), (32, 0.95, 31), (128, 0.55, 71), (10, 0.35, 4)])
+@pytest.mark.parametrize(
+    "length,ratio,expected", [(32, 0.15, 5), (32, 0.95, 31), (128, 0.55, 71), (10, 0.35, 4)]
+)
 def test_masked_count_follows_the_repo_formula(length, ratio, expected):
     # L - int(L * (1 - ratio)), float arithmetic as in the repo: 32*0.85 = 27.2 -> 27 kept, 5 masked
     assert n_masked(length, ratio) == expected

@@ -19,7 +19,6 @@ repo feeds raw states); the L2-normalised target is taken of the standardised st
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,7 +125,9 @@ class MaskedTrajectoryModel(nn.Module):
         h = self.encoder_norm(h)
         full = self.mask_token.expand(n, length, d).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, d), h)  # (N, 2T, d), [MASK] elsewhere
-        y = torch.stack([self.decoder_state_embed(full[:, 0::2]), self.decoder_action_embed(full[:, 1::2])], dim=2)
+        y = torch.stack(
+            [self.decoder_state_embed(full[:, 0::2]), self.decoder_action_embed(full[:, 1::2])], dim=2
+        )
         y = y.reshape(n, length, d) + self.positions[:length]
         for block in self.decoder:
             y = block(y)
@@ -166,7 +167,9 @@ class WindowSampler:
         self.episodes = [e for e in dataset.episodes if len(e) >= horizon]
         if not self.episodes:
             longest = max(len(e) for e in dataset.episodes)
-            raise HeadvecError(f"no episode has {horizon} steps (longest: {longest}); use a shorter --horizon")
+            raise HeadvecError(
+                f"no episode has {horizon} steps (longest: {longest}); use a shorter --horizon"
+            )
         self.horizon, self.mean, self.std = horizon, mean, std
         starts = np.array([len(e) - horizon + 1 for e in self.episodes], dtype=float)
         self.weights = starts / starts.sum()
@@ -178,7 +181,9 @@ class WindowSampler:
             t = int(rng.integers(0, len(e) - self.horizon + 1))
             states.append((e.observations[t : t + self.horizon] - self.mean) / self.std)
             actions.append(e.actions[t : t + self.horizon])
-        return torch.tensor(np.array(states), dtype=torch.float32), torch.tensor(np.array(actions), dtype=torch.float32)
+        return torch.tensor(np.array(states), dtype=torch.float32), torch.tensor(
+            np.array(actions), dtype=torch.float32
+        )
 
 
 def state_stats(dataset: TrajectoryDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -186,11 +191,13 @@ def state_stats(dataset: TrajectoryDataset) -> tuple[np.ndarray, np.ndarray]:
     return observations.mean(0), observations.std(0) + 1e-3
 
 
-def split_probe(dataset: TrajectoryDataset, fraction: float, seed: int) -> tuple[TrajectoryDataset, TrajectoryDataset]:
+def split_probe(
+    dataset: TrajectoryDataset, fraction: float, seed: int
+) -> tuple[TrajectoryDataset, TrajectoryDataset]:
     """Hold out ``fraction`` of the episodes (at least one) for the learning-progress probe."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset.episodes))
-    n_probe = max(1, int(round(fraction * len(order))))
+    n_probe = max(1, round(fraction * len(order)))
     probe = [dataset.episodes[i] for i in sorted(order[:n_probe])]
     train = [dataset.episodes[i] for i in sorted(order[n_probe:])] or probe
     return TrajectoryDataset(train, dataset.meta), TrajectoryDataset(probe, dataset.meta)
@@ -230,7 +237,9 @@ def _probe_set(
 
 
 @torch.no_grad()
-def probe_loss(model: MaskedTrajectoryModel, probe: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+def probe_loss(
+    model: MaskedTrajectoryModel, probe: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> float:
     was_training = model.training
     model.eval()
     losses = [float(model.loss(s, a, m)[0]) for s, a, m in probe]
@@ -265,7 +274,9 @@ def pretrain(
     curriculum: Curriculum | None = (
         None if config.curriculum == "gpt" else make_curriculum(config.curriculum, max_block, config.interval)
     )
-    train_set, probe_set = (dataset, dataset) if config.probe_on_train else split_probe(dataset, 0.1, config.seed)
+    train_set, probe_set = (
+        (dataset, dataset) if config.probe_on_train else split_probe(dataset, 0.1, config.seed)
+    )
     mean, std = state_stats(train_set)
     sampler = WindowSampler(train_set, model_config.horizon, mean, std)
     probe = _probe_set(WindowSampler(probe_set, model_config.horizon, mean, std), config, length)
@@ -346,7 +357,9 @@ class Planner:
         self.model, self.mean, self.std = model, np.asarray(mean), np.asarray(std)
         self.horizon = model.config.horizon
 
-    def _window(self, states: list[np.ndarray], actions: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _window(
+        self, states: list[np.ndarray], actions: list[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         t, s_dim, a_dim = self.horizon, len(self.mean), self.model.config.action_dim
         s, a = np.zeros((1, t, s_dim), np.float32), np.zeros((1, t, a_dim), np.float32)
         for i, x in enumerate(states):

@@ -122,10 +122,14 @@ class TrajectoryDataset:
 
 
 def concat(datasets: Sequence[TrajectoryDataset]) -> TrajectoryDataset:
-    return TrajectoryDataset([e for d in datasets for e in d.episodes], dict(datasets[0].meta, source="mixed"))
+    return TrajectoryDataset(
+        [e for d in datasets for e in d.episodes], dict(datasets[0].meta, source="mixed")
+    )
 
 
-def rollout(env: Env, policy: Policy, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None) -> Episode:
+def rollout(
+    env: Env, policy: Policy, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None
+) -> Episode:
     """One episode of ``policy`` (plus Gaussian action noise ``noise``), with simulator states."""
     rng = rng or np.random.default_rng(seed)
     observations, actions, rewards, states = [env.reset(seed)], [], [], [env.get_state()]
@@ -143,7 +147,12 @@ def rollout(env: Env, policy: Policy, seed: int, noise: float = 0.0, rng: np.ran
             terminated = step.terminated
             break
     return Episode(
-        np.array(observations), np.array(actions), np.array(rewards, dtype=np.float32), np.array(states), terminated, seed
+        np.array(observations),
+        np.array(actions),
+        np.array(rewards, dtype=np.float32),
+        np.array(states),
+        terminated,
+        seed,
     )
 
 
@@ -157,7 +166,10 @@ def collect(
 ) -> list[Episode]:
     tqdm = require("tqdm").tqdm
     rng = np.random.default_rng(seed)
-    return [rollout(env, policy, seed * 100_003 + i, noise, rng) for i in tqdm(range(n_episodes), desc=desc, leave=False)]
+    return [
+        rollout(env, policy, seed * 100_003 + i, noise, rng)
+        for i in tqdm(range(n_episodes), desc=desc, leave=False)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,7 +232,9 @@ def _load_sac(model: Any, path: Path) -> None:
 
     safetensors = require("safetensors.torch")
     tensors = safetensors.load_file(str(path))
-    model.policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
+    model.policy.load_state_dict(
+        {k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")}
+    )
     with torch.no_grad():
         model.log_ent_coef.copy_(tensors["log_ent_coef"])
 
@@ -288,7 +302,9 @@ def train_sac(
             {"file": name, "steps": log["steps"], "eval_return": float(np.mean(returns)),
              "seconds": time.perf_counter() - started}
         )  # fmt: skip
-        TrajectoryDataset(recorder.episodes, {"env_id": env_id, "kind": "replay", "seed": seed}).save(replay_path)
+        TrajectoryDataset(recorder.episodes, {"env_id": env_id, "kind": "replay", "seed": seed}).save(
+            replay_path
+        )
         log_path.write_text(json.dumps(log, indent=1))
         bar.update(chunk)
         bar.set_postfix(eval_return=f"{np.mean(returns):.1f}")
@@ -331,13 +347,20 @@ def generate(
         dataset.save(path)
         return dataset
 
-    random_data = stage("random", lambda: collect(env, random_policy(env.action_dim, seed), random_episodes, seed, desc="random"))
+    random_data = stage(
+        "random",
+        lambda: collect(env, random_policy(env.action_dim, seed), random_episodes, seed, desc="random"),
+    )
     if behaviour == "scripted":
         expert = env.expert_action  # type: ignore[attr-defined]
         levels = np.linspace(1.0, 0.1, rollout_episodes)
-        stage("replay", lambda: [rollout(env, expert, seed * 7919 + i, float(n)) for i, n in enumerate(levels)])
+        stage(
+            "replay", lambda: [rollout(env, expert, seed * 7919 + i, float(n)) for i, n in enumerate(levels)]
+        )
         stage("medium", lambda: collect(env, expert, rollout_episodes, seed + 1, noise=0.5, desc="medium"))
-        best = stage("expert", lambda: collect(env, expert, rollout_episodes, seed + 2, noise=noise, desc="expert"))
+        best = stage(
+            "expert", lambda: collect(env, expert, rollout_episodes, seed + 2, noise=noise, desc="expert")
+        )
         best_return = float(np.mean([rollout(env, expert, 50_000 + i).episode_return for i in range(5)]))
         log: dict[str, Any] = {}
     else:
@@ -347,16 +370,13 @@ def generate(
         checkpoints = log["checkpoints"]
         best_ck = max(checkpoints, key=lambda c: c["eval_return"])
         middle_ck = checkpoints[len(checkpoints) // 2 - 1] if len(checkpoints) > 1 else checkpoints[0]
-        stage(
-            "medium",
-            lambda: collect(env, sac_policy(env, out / "sac" / middle_ck["file"]), rollout_episodes, seed + 1, noise, "medium"),
-            checkpoint=middle_ck["file"],
-        )  # fmt: skip
-        best = stage(
-            "expert",
-            lambda: collect(env, sac_policy(env, out / "sac" / best_ck["file"]), rollout_episodes, seed + 2, noise, "expert"),
-            checkpoint=best_ck["file"],
-        )  # fmt: skip
+
+        def checkpoint_rollouts(checkpoint: dict, offset: int, name: str) -> list[Episode]:
+            policy = sac_policy(env, out / "sac" / checkpoint["file"])
+            return collect(env, policy, rollout_episodes, seed + offset, noise, name)
+
+        stage("medium", lambda: checkpoint_rollouts(middle_ck, 1, "medium"), checkpoint=middle_ck["file"])
+        best = stage("expert", lambda: checkpoint_rollouts(best_ck, 2, "expert"), checkpoint=best_ck["file"])
         best_return = float(best_ck["eval_return"])
     references = {
         "env_id": env_id,
@@ -379,8 +399,19 @@ def export_minari(dataset: TrajectoryDataset, dataset_id: str, root: str | Path 
     """Write ``dataset`` as a local Minari dataset (``MINARI_DATASETS_PATH`` or ``root``); no download."""
     import os
 
+    previous = os.environ.get("MINARI_DATASETS_PATH")
     if root is not None:
         os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        return _export_minari(dataset, dataset_id)
+    finally:
+        if root is not None and previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        elif root is not None:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _export_minari(dataset: TrajectoryDataset, dataset_id: str) -> Any:
     minari = require("minari", extra="rl", feature="Minari export")
     gym = require("gymnasium", extra="rl")
     from minari.data_collector import EpisodeBuffer
@@ -401,5 +432,5 @@ def export_minari(dataset: TrajectoryDataset, dataset_id: str, root: str | Path 
         observation_space=gym.spaces.Box(-np.inf, np.inf, (s_dim,), np.float32),
         action_space=gym.spaces.Box(-1.0, 1.0, (a_dim,), np.float32),
         algorithm_name=str(dataset.meta.get("behaviour", "headvec.rl")),
-        description=f"headvec.rl {dataset.meta.get('kind')} data for {dataset.meta.get('env_id')} (made locally)",
+        description=f"headvec.rl {dataset.meta.get('kind')} data, {dataset.meta.get('env_id')}, made locally",
     )

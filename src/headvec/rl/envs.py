@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -82,7 +82,12 @@ class PointMass:
         position = np.clip(self._state[:2] + self.dt * velocity, -2, 2)
         self._state = np.concatenate([position, velocity])
         self._t += 1
-        return Step(self._state.astype(np.float32), self.reward_from_state(self._state), False, self._t >= self.max_steps)
+        return Step(
+            self._state.astype(np.float32),
+            self.reward_from_state(self._state),
+            False,
+            self._t >= self.max_steps,
+        )
 
     def get_state(self) -> np.ndarray:
         return np.concatenate([self._state, [self._t]])
@@ -184,7 +189,7 @@ class DMCWalker:
         return self._observation()
 
     def reward_from_state(self, state: np.ndarray, task: str | None = None) -> float:
-        """The reward of ``task`` (default: this env's) in physics ``state``: what a step landing there earns."""
+        """The reward of ``task`` (default: this env's) in physics ``state``: what a step to it earns."""
         task = task or self.task
         if task not in self._tasks:
             self._tasks[task] = self._suite.load("walker", task, task_kwargs={"random": 0})
@@ -210,7 +215,7 @@ def as_gymnasium(env: Env) -> Any:
     gym = require("gymnasium", extra="rl", feature="training a SAC behaviour policy")
 
     class _Adapter(gym.Env):
-        metadata: dict[str, Any] = {}
+        metadata: ClassVar[dict[str, Any]] = {}
 
         def __init__(self) -> None:
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (env.observation_dim,), np.float32)

@@ -32,7 +32,9 @@ def n_masked(length: int, ratio: float) -> int:
     return length - int(length * (1 - ratio))
 
 
-def random_mask(batch: int, length: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_mask(
+    batch: int, length: int, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """MaskDP's token-wise random mask: each row masks exactly :func:`n_masked` random tokens."""
     noise = torch.rand(batch, length, generator=generator)
     order = torch.argsort(noise, dim=1)  # the last n_masked positions in this order are masked
@@ -171,7 +173,9 @@ class MixedProg(Curriculum):
     """Mixed-prog: block ~ U{1..m-1} with m growing over four equal phases (5, 10, 15, 20 at max 20;
     numpy's exclusive upper bound as in the repo). ``inverse=True`` gives Mixed-inv."""
 
-    def __init__(self, max_block: int = 20, ratios: Sequence[float] = MASK_RATIOS, inverse: bool = False) -> None:
+    def __init__(
+        self, max_block: int = 20, ratios: Sequence[float] = MASK_RATIOS, inverse: bool = False
+    ) -> None:
         self.max_block, self.ratios, self.inverse = max_block, tuple(ratios), inverse
         self.name = "mixed-inv" if inverse else "mixed-prog"
 
