@@ -29,6 +29,8 @@ LABELS = {
     "harness": "harness (reward benchmarks)",
     "serving": "serving (serve rm, serve chat)",
     "toyworld": "toyworld (data, toy model, adapters)",
+    "feedback": "feedback (VLFeedback pools, annotators, pairs)",
+    "alignment": "alignment (DPO through TRL)",
     "rewards": "rewards (protocols, judges, runner)",
     "methods": "methods (SAV, MTV, head search)",
     "redteam": "redteam (ReMiss suffixes, backdoor scan)",

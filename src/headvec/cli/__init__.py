@@ -40,6 +40,16 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     ),
     "serve": ("headvec.cli.serve", "app", "Serve models over HTTP"),
     "toyworld": ("headvec.cli.toyworld", "app", "The toy world: data, and the small LLaVA trained on it."),
+    "feedback": (
+        "headvec.cli.feedback",
+        "app",
+        "AI feedback (VLFeedback): response pools, annotation, preference pairs, the whole toy-world loop.",
+    ),
+    "dpo": (
+        "headvec.cli.dpo",
+        "app",
+        "DPO (Silkie's recipe through TRL): train on preference pairs, measure toy-world hallucination.",
+    ),
     "ccot": ("headvec.cli.ccot", "app", "Compositional chain-of-thought: a scene graph, then the answer."),
     "ic": (
         "headvec.cli.ic",

@@ -221,6 +221,11 @@ class OpenAIJudge(BaseJudge):
             "--timeout / --retries (finished items are saved; rerun to resume)"
         )
 
+    def chat(self, text: str, image: Any = None, seed: int = 0) -> str:
+        """One user message (and image) -> the reply, with this judge's retries and backoff: for callers
+        that bring their own prompt and parser (the VLFeedback annotator, response pools)."""
+        return self._chat(text, image, seed)
+
     def compare_batch(self, comparisons: Sequence[Comparison]) -> list[Preference]:
         per_request = [self.template.requests(c.prompt, c.a, c.b) for c in comparisons]
         jobs = [
