@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rerun every published result that uses the shipped toy model, writing into docs/ (and runs/ for
-# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness]  (default: all)
+# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness ccot]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hv=".venv/bin/headvec"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-parts=("${@:-eval sav mtv rm harness}")
+parts=("${@:-eval sav mtv rm harness ccot}")
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 if want eval; then
@@ -37,4 +37,8 @@ if want harness; then
   $hv rm fit toy runs/toy-prefs/preference.train.en.jsonl --format toy --out runs/rm-toy-all --device cpu
   $hv bench run vlrewardbench --rm artifact:runs/rm-toy-all --data runs/toy-prefs/vlrewardbench.test.en.jsonl \
     --out runs/h-actrm-en --device cpu
+fi
+if want ccot; then
+  $hv ccot eval toy --n 270 --methods direct,cot,ccot,ccot_gold,ccot_answer --threads 1 --device cpu \
+    --work runs/ccot-toy --out docs/ccot --report docs/ccot.md
 fi

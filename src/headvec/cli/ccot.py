@@ -151,7 +151,9 @@ def evaluate(
         "cot_tokens": cot_tokens,
         "decoding": "greedy",
     }
-    records = run_methods(ccot, items, chosen, work, questions=questions, config=setup)
+    # the weights too, so a retrained model never resumes another model's records
+    config = {**setup, "weights": loaded.identity["weights_fingerprint"] if endpoint is None else None}
+    records = run_methods(ccot, items, chosen, work, questions=questions, config=config)
     summary = summarize(records)
     command = (
         "headvec ccot " + " ".join(shlex.quote(arg) for arg in sys.argv[sys.argv.index("eval") :])

@@ -210,7 +210,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         by_method[record["method"]].append(record)
     groups = sorted({r["group"] for r in records}, key=lambda g: (GROUPS.index(g) if g in GROUPS else 99, g))
     summary: dict[str, Any] = {"groups": groups, "accuracy": {}, "graphs": {}}
-    for method, rows in by_method.items():
+    order = [*METHOD_LABELS, *sorted(set(by_method) - set(METHOD_LABELS))]
+    for method in [m for m in order if m in by_method]:
+        rows = by_method[method]
         per_group = {g: _ci([float(r["correct"]) for r in rows if r["group"] == g]) for g in groups}
         per_group["all"] = _ci([float(r["correct"]) for r in rows])
         summary["accuracy"][method] = per_group
@@ -242,27 +244,32 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    methods = list(summary["accuracy"])
     scopes = [*summary["groups"], "all"]
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(scopes), 3.6))
+    series = [(METHOD_LABELS.get(m, m), summary["accuracy"][m]) for m in summary["accuracy"]]
+    ccot_graphs = summary["graphs"].get("ccot", {})
+    if all("read_by_rule" in ccot_graphs.get(s, {}) for s in scopes):  # what the graphs themselves say
+        read = {s: ccot_graphs[s]["read_by_rule"] for s in scopes}
+        series.append(("CCoT graphs read by rule (no model in step 2)", read))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(scopes), 4.4))
     x = np.arange(len(scopes))
-    for k, method in enumerate(methods):
-        cells = [summary["accuracy"][method][s] for s in scopes]
+    for k, (label, per_scope) in enumerate(series):
+        cells = [per_scope[s] for s in scopes]
         means = np.array([c["mean"] for c in cells])
         errors = np.array([[c["mean"] - c["low"] for c in cells], [c["high"] - c["mean"] for c in cells]])
         ax.bar(
-            x + (k - (len(methods) - 1) / 2) * width,
+            x + (k - (len(series) - 1) / 2) * width,
             means,
             width,
             yerr=errors,
             capsize=2,
-            label=METHOD_LABELS.get(method, method),
+            label=label,
+            hatch="//" if "by rule" in label else None,
         )
     ax.set_xticks(x, scopes)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% CI)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
