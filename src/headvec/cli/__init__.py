@@ -40,6 +40,7 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     ),
     "serve": ("headvec.cli.serve", "app", "Serve models over HTTP"),
     "toyworld": ("headvec.cli.toyworld", "app", "The toy world: data, and the small LLaVA trained on it."),
+    "rl": ("headvec.cli.rl", "app", "Offline-RL pretraining: MuJoCo datasets, CurrMask, PDT."),
     "feedback": (
         "headvec.cli.feedback",
         "app",

@@ -1,0 +1,91 @@
+"""`headvec rl`: the comparisons end to end on the point mass (seconds), and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from headvec.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_rl_pipeline_on_the_point_mass(tmp_path):
+    data = tmp_path / "pm"
+    result = runner.invoke(
+        app,
+        [
+            "rl",
+            "data",
+            "pointmass",
+            "--out",
+            str(data),
+            "--behaviour",
+            "scripted",
+            "--random-episodes",
+            "6",
+            "--rollout-episodes",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    refs = json.loads((data / "references.json").read_text())
+    assert refs["best_behaviour_return"] > refs["random_return"]
+    out = tmp_path / "cm"
+    result = runner.invoke(
+        app,
+        [
+            "rl",
+            "compare-currmask",
+            str(data),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--methods",
+            "currmask,gpt",
+            "--seeds",
+            "0,1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"currmask", "gpt"} and summary["gpt"]["skill_return"]["n"] == 2
+    assert (out / "currmask_arm_probabilities.png").exists() and (out / "currmask_downstream.png").exists()
+    out = tmp_path / "pdt"
+    result = runner.invoke(
+        app,
+        [
+            "rl",
+            "compare-pdt",
+            str(data),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--methods",
+            "pdt,odt",
+            "--seeds",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"pdt", "odt", "dt (offline only)"} <= set(summary)
+    assert (out / "pdt_online.png").exists()
+
+
+def test_rl_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["rl", "data", "Hoper-v5", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown environment 'Hoper-v5'" in result.output
+    result = runner.invoke(
+        app,
+        ["rl", "compare-currmask", str(tmp_path), "--out", str(tmp_path / "o"), "--methods", "currmask,bert"],
+    )
+    assert result.exit_code == 2 and "unknown curricula ['bert']" in result.output
+    result = runner.invoke(app, ["rl", "pretrain", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no dataset at" in result.output
+    assert "Traceback" not in result.output
