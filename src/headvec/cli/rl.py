@@ -98,11 +98,11 @@ def pretrain(
     curriculum: Annotated[
         str, typer.Option(help="currmask, maskdp, mixed, mixed-prog, mixed-inv or gpt.")
     ] = "currmask",
-    steps: int = 1500,
+    steps: int = 1000,
     horizon: Annotated[int, typer.Option(help="Timesteps per window (2x tokens).")] = 16,
     d_model: int = 64,
     batch_size: int = 64,
-    interval: Annotated[int, typer.Option(help="Steps per bandit round / probe.")] = 25,
+    interval: Annotated[int, typer.Option(help="Steps per bandit round / probe.")] = 20,
     probe_on_train: Annotated[
         bool, typer.Option(help="Probe on the training data, as the official code.")
     ] = False,

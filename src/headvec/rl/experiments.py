@@ -40,7 +40,7 @@ CURRMASK_PRESETS = {
     # seconds on the point mass (tests, CI)
     "tiny": CurrMaskPreset(8, 32, 60, 16, 5, 3, 10, 3, 3, 2, 3),
     # the documented CPU default (dm_control walker): T = 16 steps (32 tokens), d 64, 2+1 layers
-    "cpu": CurrMaskPreset(16, 64, 1500, 64, 25, 8, 60, 10, 5, 3, 20),
+    "cpu": CurrMaskPreset(16, 64, 1000, 64, 20, 8, 60, 10, 5, 3, 20),
 }
 
 
@@ -272,7 +272,7 @@ class PDTPreset:
 PDT_PRESETS = {
     "tiny": PDTPreset(30, 200, 60, 3, 60, 1, 8, 3, 4, 4, 16, 16),
     # the documented CPU default (gymnasium Hopper-v5)
-    "cpu": PDTPreset(1000, 6000, 1000, 40, 1000, 3, 64, 100, 10, 10, 64, 64),
+    "cpu": PDTPreset(800, 5000, 1000, 40, 1000, 3, 64, 100, 10, 10, 64, 64),
 }
 
 
@@ -407,7 +407,8 @@ def _plot_pdt(out: Path, curves: dict[str, list[list[dict]]]) -> None:
     ax.axhline(0, color="grey", lw=0.5)
     ax.axhline(100, color="grey", lw=0.5, ls="--")
     ax.set_xlabel("online environment samples")
-    ax.set_ylabel("normalised score (random 0, best SAC behaviour 100)")
+    ax.set_ylabel("normalised score")
+    ax.set_title("random policy = 0, best SAC behaviour policy = 100", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "pdt_online.png", dpi=120)
