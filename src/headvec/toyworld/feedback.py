@@ -258,8 +258,8 @@ class ToyJudgeAnnotator:
     (``question : ... answer : ... . is the answer correct ?``), yes -> 5 and no -> 1 on helpfulness and
     visual faithfulness; a reply that is neither is kept as a failed annotation."""
 
-    def __init__(self, client: Any, name: str = "toy-judge") -> None:
-        self.client, self.name = client, name
+    def __init__(self, client: Any, name: str = "toy-judge", concurrency: int = 16) -> None:
+        self.client, self.name, self.concurrency = client, name, max(1, concurrency)
 
     @classmethod
     def over_http(cls, base_url: str, model: str, **options: Any) -> ToyJudgeAnnotator:
@@ -269,11 +269,18 @@ class ToyJudgeAnnotator:
         return cls(OpenAIJudge(base_url, model, TOY_JUDGE_TEMPLATE, **options), f"openai-toy-judge:{model}")
 
     def annotate(self, rows: Sequence[FeedbackRow], images: Sequence[Any]) -> list[Annotation]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [
+            (TOY_FORMAT.text(row.prompt, c.response), image, 0)
+            for row, image in zip(rows, images, strict=True)
+            for c in row.completions
+        ]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:  # the server batches them
+            answers = iter(list(pool.map(lambda job: self.client.chat(*job), jobs)))
         out = []
-        for row, image in zip(rows, images, strict=True):
-            replies = [
-                self.client.chat(TOY_FORMAT.text(row.prompt, c.response), image, 0) for c in row.completions
-            ]
+        for row in rows:
+            replies = [next(answers) for _ in row.completions]
             verdicts = [parse_yes_no(r, TOY_FORMAT.yes, TOY_FORMAT.no) for r in replies]
             raw = "\n---\n".join(replies)
             if any(v is None for v in verdicts):
@@ -301,7 +308,7 @@ def serve_in_thread(loaded: Any, model_name: str = "toy") -> tuple[Any, str]:
     with socket.socket() as probe:
         probe.bind((DEFAULT_HOST, 0))
         port = probe.getsockname()[1]
-    app = create_app(loaded, model_name, default_max_tokens=4)
+    app = create_app(loaded, model_name, default_max_tokens=4, max_batch_size=32, max_wait_ms=20)
     server = uvicorn.Server(uvicorn.Config(app, host=DEFAULT_HOST, port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.time() + 30
@@ -650,33 +657,29 @@ def compare_annotators(
         "longest-as-best": (oracle_file, "longest"),
         "top-choice-as-best": (oracle_file, "top-choice"),
         "random-labels": (oracle_file, "random-labels"),
+        "model-judge": (out / "annotated.model-judge.jsonl", "official"),
+        "activation-rm": (out / "annotated.activation-rm.jsonl", "official"),
     }
-    if "model-judge" in conditions:
-        judge_file = out / "annotated.model-judge.jsonl"
-        server, url = serve_in_thread(load("toy", device="cpu"))
-        try:
-            clock = time.time()
-            stats = annotate_file(
-                pool_path, judge_file, ToyJudgeAnnotator.over_http(url, "toy"), images=out, progress=progress
-            )
-            report["model_judge_annotation"] = stats.to_dict() | {"seconds": round(time.time() - clock, 1)}
-            report["official_template_on_toy"] = official_template_probe(url, pool_path)
-        finally:
-            server.should_exit = True
-        plan["model-judge"] = (judge_file, "official")
-    if "activation-rm" in conditions:
-        rm_file = out / "annotated.activation-rm.jsonl"
-        if not rm_file.is_file() or len(read_feedback(rm_file)) < size.instructions:
-            clock = time.time()
-            rm = fit_toy_activation_rm(load("toy", device="cpu"), seed=size.seed)
-            stats = annotate_file(
-                pool_path, rm_file, ScorerAnnotator(rm, "toy-activation-rm"), images=out, progress=progress
-            )
-            report["activation_rm_annotation"] = stats.to_dict() | {"seconds": round(time.time() - clock, 1)}
-        plan["activation-rm"] = (rm_file, "official")
     for condition in conditions:
         annotated, pairing = plan[condition]
-        clock = time.time()
+        if condition == "model-judge" and not (out / condition / "result.json").is_file():
+            server, url = serve_in_thread(load("toy", device="cpu"))
+            try:
+                clock = time.time()
+                judge = ToyJudgeAnnotator.over_http(url, "toy")
+                stats = annotate_file(pool_path, annotated, judge, images=out, progress=progress)
+                report["model_judge_annotation"] = stats.to_dict() | {
+                    "seconds": round(time.time() - clock, 1)
+                }
+                report["official_template_on_toy"] = official_template_probe(url, pool_path)
+            finally:
+                server.should_exit = True
+        if condition == "activation-rm" and not (out / condition / "result.json").is_file():
+            clock = time.time()
+            rm = fit_toy_activation_rm(load("toy", device="cpu"), seed=size.seed)
+            scorer = ScorerAnnotator(rm, "toy-activation-rm")
+            stats = annotate_file(pool_path, annotated, scorer, images=out, progress=progress)
+            report["activation_rm_annotation"] = stats.to_dict() | {"seconds": round(time.time() - clock, 1)}
         summary = train_on_feedback(out / condition, annotated, pairing, size, base, before, progress)
         summary["agreement_with_oracle"] = label_agreement(
             read_feedback(annotated), read_feedback(oracle_file), pairing
