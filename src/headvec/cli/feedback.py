@@ -214,7 +214,13 @@ def compare(
     threads: ThreadsOpt = 1,
 ) -> None:
     """Annotators and pairings compared under the same DPO settings on the toy world."""
-    from headvec.toyworld.feedback import CONDITIONS, PipelineSize, compare_annotators
+    from headvec.toyworld.feedback import (
+        CONDITIONS,
+        PipelineSize,
+        compare_annotators,
+        comparison_table,
+        plot_comparison,
+    )
 
     set_threads(threads)
     wanted = [c.strip() for c in conditions.split(",") if c.strip()] or list(CONDITIONS)
@@ -224,4 +230,6 @@ def compare(
     for name, result in report["conditions"].items():
         change = result["change"]
         console.print(f"{name}: chair_i {change['chair_i'][0]:+.3f}, vqa {change['vqa'][0]:+.3f}")
-    console.print(f"-> {out / 'comparison.json'}")
+    (out / "comparison.md").write_text(comparison_table(report) + "\n")
+    plot_comparison(report, out / "comparison.png")
+    console.print(f"-> {out / 'comparison.json'}, comparison.md, comparison.png")

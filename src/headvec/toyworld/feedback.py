@@ -704,3 +704,60 @@ def label_agreement(rows: Sequence[FeedbackRow], oracle_rows: Sequence[FeedbackR
             float(score[int(i)] is not None and score[int(j)] is not None and score[int(i)] > score[int(j)])
         )
     return round(sum(hits) / len(hits), 4) if hits else float("nan")
+
+
+TABLE_METRICS = ("chair_i", "chair_s", "recall", "vqa_existence", "vqa_attribute", "vqa", "judge")
+
+
+def _fmt(ci: Sequence[float], signed: bool = False) -> str:
+    mean, low, high = ci
+    spec = "+.3f" if signed else ".3f"
+    return f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def comparison_table(report: dict[str, Any]) -> str:
+    """Markdown: the base model, then each condition's scores after DPO and its paired change."""
+    header = "| condition | train pairs | label agreement with oracle | " + " | ".join(TABLE_METRICS) + " |"
+    lines = [header, "|" + "---|" * (3 + len(TABLE_METRICS))]
+    lines.append(
+        "| base toy model | | | " + " | ".join(_fmt(report["before"][m]) for m in TABLE_METRICS) + " |"
+    )
+    for name, result in report["conditions"].items():
+        after = " | ".join(_fmt(result["after"][m]) for m in TABLE_METRICS)
+        change = " | ".join(_fmt(result["change"][m], signed=True) for m in TABLE_METRICS)
+        agreement = result.get("agreement_with_oracle", float("nan"))
+        lines.append(f"| {name} (after) | {result['train_pairs']} | {agreement:.3f} | {after} |")
+        lines.append(f"| {name} (change) | | | {change} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
+    """Change in caption hallucination (CHAIR_i) and VQA accuracy per condition, 95 % CIs."""
+    from headvec._optional import require
+
+    plt = require("matplotlib.pyplot", extra="plot")
+    names = list(report["conditions"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, metric, title in zip(
+        axes,
+        ("chair_i", "vqa"),
+        ("CHAIR_i change (lower = fewer hallucinations)", "VQA accuracy change"),
+        strict=True,
+    ):
+        values = [report["conditions"][n]["change"][metric] for n in names]
+        means = [v[0] for v in values]
+        errors = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
+        ax.barh(
+            names, means, xerr=errors, color=["#4c72b0" if m < 0 else "#dd8452" for m in means], capsize=3
+        )
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(
+        "DPO on toy-model feedback: change vs the base model (held-out scenes, 95 % bootstrap CI)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
