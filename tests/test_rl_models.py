@@ -285,3 +285,28 @@ def test_online_loop_runs_and_writes_its_curve(pointmass_data, tmp_path, method)
     assert samples[0] == 0 and samples[-1] >= 150 and samples == sorted(samples)
     saved = json.loads((tmp_path / method / "curve.json").read_text())
     assert saved["method"] == method and len(saved["curve"]) == len(samples)
+
+
+def test_offline_pretraining_resumes_to_the_same_weights(pointmass_data, tmp_path):
+    data = TrajectoryDataset.load(pointmass_data / "replay.npz")
+    model = {"context": 4, "future_len": 4, "d_model": 16}
+
+    def cfg(steps: int) -> TrainConfig:  # offline only (no online samples)
+        return TrainConfig(
+            pretrain_steps=steps, batch_size=8, eval_episodes=1, save_every=10, online_samples=0
+        )
+
+    straight = run("pdt", data, tmp_path / "a", cfg(20), model, progress=False)["model"]
+    run("pdt", data, tmp_path / "b", cfg(10), model, progress=False)  # a run stopped at step 10, rerun
+    resumed = run("pdt", data, tmp_path / "b", cfg(20), model, progress=False)["model"]
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    other = run(
+        "pdt",
+        data,
+        tmp_path / "c",
+        TrainConfig(pretrain_steps=20, batch_size=8, eval_episodes=1, online_samples=0, seed=1),
+        model,
+        progress=False,
+    )
+    assert not torch.equal(other["model"].action_mu.weight, straight.action_mu.weight)

@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from headvec.rl.data import TrajectoryDataset, export_minari, generate, random_policy, rollout, train_sac
+from headvec.rl.data import (
+    TrajectoryDataset,
+    export_minari,
+    generate,
+    random_policy,
+    relabel,
+    rollout,
+    train_sac,
+)
 from headvec.rl.envs import make_env
 
 
@@ -23,6 +31,9 @@ def test_walker_rewards_relabel_from_physics():
     run = [env.reward_from_state(s, "run") for s in episode.states[1:]]
     assert np.all(np.array(stand) >= np.array(run) - 1e-9)  # run = stand x a speed factor <= 1
     assert not np.allclose(stand, episode.rewards)
+    data = TrajectoryDataset([episode], {"env_id": "walker-walk", "max_steps": 30})
+    assert np.allclose(relabel(data, "walk").episodes[0].rewards, episode.rewards, atol=1e-6)
+    assert np.allclose(relabel(data, "stand").episodes[0].rewards, stand, atol=1e-6)
 
 
 def test_walker_and_hopper_states_restore_observations():

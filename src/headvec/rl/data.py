@@ -389,6 +389,19 @@ def generate(
     return {"references": references, "sac": log}
 
 
+def relabel(dataset: TrajectoryDataset, task: str) -> TrajectoryDataset:
+    """The same episodes with rewards recomputed for ``task`` from the stored simulator states
+    (dm_control walker: stand / walk / run share dynamics, so one dataset serves all three)."""
+    env = make_env(dataset.meta["env_id"], max_steps=dataset.meta.get("max_steps"))
+    episodes = [
+        Episode(e.observations, e.actions,
+                np.array([env.reward_from_state(s, task) for s in e.states[1:]], dtype=np.float32),
+                e.states, e.terminated, e.seed)
+        for e in dataset.episodes
+    ]  # fmt: skip
+    return TrajectoryDataset(episodes, {**dataset.meta, "task": task, "relabelled": True})
+
+
 def normalised_score(episode_return: float | np.ndarray, references: dict[str, float]) -> float | np.ndarray:
     """100 * (return - random) / (best behaviour - random): our references, not D4RL's."""
     low, high = references["random_return"], references["best_behaviour_return"]

@@ -366,7 +366,8 @@ def _update(model: SequencePolicy, opt: torch.optim.Optimizer, temp_opt: torch.o
     loss, parts = losses(model, batch, with_return)
     opt.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    # clip the policy's gradients only: log_temperature has its own optimiser (and a stale gradient here)
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], cfg.grad_clip)
     opt.step()
     temp_opt.zero_grad()
     temperature_loss(model, parts["entropy"]).backward()
@@ -499,7 +500,7 @@ def run(
 
     curve: list[dict[str, Any]] = []
     record(0, curve)
-    if method == "dt":
+    if method == "dt" or cfg.online_samples <= 0:  # offline only
         return {"curve": curve, "model": model}
 
     # online fine-tuning
