@@ -26,7 +26,7 @@ take it like any other reward model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -34,7 +34,13 @@ import torch
 from headvec.errors import DataError, HeadvecError
 from headvec.models import ImageLike, LoadedModel, Prompt, load_image
 
-__all__ = ["SCORES", "ImplicitRewardModel", "reduce_token_logprobs", "response_token_logprobs"]
+__all__ = [
+    "SCORES",
+    "ImplicitRewardModel",
+    "next_token_logprobs",
+    "reduce_token_logprobs",
+    "response_token_logprobs",
+]
 
 Score = Literal["sum", "reweighted", "mean"]
 SCORES: tuple[str, ...] = ("sum", "reweighted", "mean")
@@ -62,30 +68,27 @@ def _extend(tensor: torch.Tensor, width: int, fill: int) -> torch.Tensor:
     return torch.cat([tensor, pad], dim=1)
 
 
-def response_token_logprobs(
+def _forward_with_continuations(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
-    responses: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
     *,
-    batch_size: int = 16,
-    grad: bool = False,
-) -> list[torch.Tensor]:
-    """``log p(y_t | prompt, y_<t)`` for each response token, one (T_i,) tensor per (prompt, response).
-
-    Prompts are encoded as the model takes them (images included, right padding); the response ids are
-    appended after each prompt's last real token. Per-token inputs the processor adds beside the ids
-    (``token_type_ids``, ``mm_token_type_ids``) are extended with zeros: response tokens are text.
-    """
-    if len(prompts) != len(responses):
-        raise DataError(f"{len(prompts)} prompts but {len(responses)} responses; give one response each")
-    out: list[torch.Tensor] = []
+    batch_size: int,
+    grad: bool,
+) -> Iterator[tuple[torch.Tensor, list[int], list[list[int]]]]:
+    """Per batch: the logits (B, L, V) of each prompt followed by its continuation ids, the prompts'
+    token counts and the continuations. Prompts are encoded as the model takes them (images included,
+    right padding); per-token inputs the processor adds beside the ids (``token_type_ids``,
+    ``mm_token_type_ids``) are extended with zeros: continuation tokens are text."""
+    if len(prompts) != len(continuations):
+        raise DataError(f"{len(prompts)} prompts but {len(continuations)} responses; give one response each")
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
-        answers = [list(r) for r in responses[start : start + batch_size]]
+        answers = [list(r) for r in continuations[start : start + batch_size]]
         has_images = [bool(p.images) for p in batch]
         if any(has_images) and not all(has_images):  # encode() takes batches that all have images or none
             for p, a in zip(batch, answers, strict=True):
-                out += response_token_logprobs(loaded, [p], [a], batch_size=1, grad=grad)
+                yield from _forward_with_continuations(loaded, [p], [a], batch_size=1, grad=grad)
             continue
         inputs = loaded.encode(batch, padding_side="right")
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -107,14 +110,57 @@ def response_token_logprobs(
         model_inputs["input_ids"], model_inputs["attention_mask"] = new_ids, new_mask
         with torch.set_grad_enabled(grad):
             logits = loaded.model(**model_inputs).logits  # (B, L, V)
+        yield logits, prompt_lengths, answers
+
+
+def response_token_logprobs(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    responses: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    grad: bool = False,
+    allowed: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """``log p(y_t | prompt, y_<t)`` for each response token, one (T_i,) tensor per (prompt, response);
+    the response ids are appended right after each prompt's last real token. ``allowed`` (a (V,) bool
+    mask) renormalises over those tokens only (a suffix's readability over the words it may use)."""
+    out: list[torch.Tensor] = []
+    for logits, prompt_lengths, answers in _forward_with_continuations(
+        loaded, prompts, responses, batch_size=batch_size, grad=grad
+    ):
         for row, (n, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
             if not answer:
                 out.append(logits.new_zeros(0))
                 continue
             step_logits = logits[row, n - 1 : n - 1 + len(answer)].float()  # (T, V): predicts y_0 .. y_T-1
+            if allowed is not None:
+                step_logits = step_logits.masked_fill(~allowed[: step_logits.shape[-1]], float("-inf"))
             targets = torch.tensor(answer, device=step_logits.device)
             out.append(torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0])
     return out
+
+
+def next_token_logprobs(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    continuations: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, V) log-distribution of the token after each prompt + continuation (``allowed``: see
+    :func:`response_token_logprobs`); what a prompter proposes the next suffix token from."""
+    rows: list[torch.Tensor] = []
+    for logits, prompt_lengths, answers in _forward_with_continuations(
+        loaded, prompts, continuations, batch_size=batch_size, grad=False
+    ):
+        for row, (n, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
+            last = logits[row, n + len(answer) - 1].float()
+            if allowed is not None:
+                last = last.masked_fill(~allowed[: last.shape[-1]], float("-inf"))
+            rows.append(torch.log_softmax(last, dim=-1))
+    return torch.stack(rows)
 
 
 class ImplicitRewardModel:
