@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from headvec.cli import app
@@ -89,3 +90,55 @@ def test_rl_errors_are_one_line(tmp_path):
     result = runner.invoke(app, ["rl", "pretrain", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no dataset at" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_kill_9_and_rerun_gives_the_same_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    data = tmp_path / "pm"
+    runner.invoke(app, ["rl", "data", "pointmass", "--out", str(data), "--behaviour", "scripted"])
+    args = [
+        str(data / "replay.npz"),
+        "--horizon",
+        "8",
+        "--d-model",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "400",
+        "--interval",
+        "10",
+        "--save-every",
+        "20",
+    ]
+    assert runner.invoke(app, ["rl", "pretrain", *args, "--out", str(tmp_path / "straight")]).exit_code == 0
+    command = [
+        sys.executable,
+        "-m",
+        "headvec.cli",
+        "rl",
+        "pretrain",
+        *args,
+        "--out",
+        str(tmp_path / "killed"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "state.json"
+    deadline = time.time() + 60
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads(state.read_text())["step"] < 200  # killed mid-run
+    assert runner.invoke(app, ["rl", "pretrain", *args, "--out", str(tmp_path / "killed")]).exit_code == 0
+    a = load_file(str(tmp_path / "straight" / "state.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "state.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))

@@ -106,6 +106,7 @@ def pretrain(
     probe_on_train: Annotated[
         bool, typer.Option(help="Probe on the training data, as the official code.")
     ] = False,
+    save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps (the resume point).")] = 500,
     seed: int = 0,
 ) -> None:
     """Pretrain one masked trajectory model (CurrMask or a baseline curriculum)."""
@@ -121,6 +122,7 @@ def pretrain(
         batch_size=batch_size,
         interval=interval,
         probe_on_train=probe_on_train,
+        save_every=save_every,
         seed=seed,
     )
     result = run(data, out, config, MaskedModelConfig(s_dim, a_dim, horizon=horizon, d_model=d_model))
