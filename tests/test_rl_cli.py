@@ -113,7 +113,7 @@ def test_kill_9_and_rerun_gives_the_same_model(tmp_path):
         "--batch-size",
         "8",
         "--steps",
-        "400",
+        "200",
         "--interval",
         "10",
         "--save-every",
