@@ -75,6 +75,15 @@ def data(
     console.print_json(json.dumps(result["references"]))
 
 
+@app.command("describe")
+@user_errors
+def describe(data_dir: Annotated[Path, typer.Argument(help="Directory from `headvec rl data`.")]) -> None:
+    """Print a markdown table of a data directory: episodes, steps, returns, the SAC run behind it."""
+    from headvec.rl.experiments import describe_data
+
+    print(describe_data(data_dir))
+
+
 @app.command("export-minari")
 @user_errors
 def export_minari(

@@ -413,3 +413,34 @@ def _plot_pdt(out: Path, curves: dict[str, list[list[dict]]]) -> None:
     fig.tight_layout()
     fig.savefig(out / "pdt_online.png", dpi=120)
     plt.close(fig)
+
+
+def describe_data(data_dir: str | Path) -> str:
+    """A markdown table of the datasets in ``data_dir`` (and, if present, the SAC run that made them)."""
+    data_dir = Path(data_dir)
+    lines = [
+        "| dataset | episodes | steps | mean return | max return | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("random", "replay", "medium", "expert"):
+        path = data_dir / f"{kind}.npz"
+        if not path.exists():
+            continue
+        d = TrajectoryDataset.load(path)
+        source = d.meta.get("checkpoint") or d.meta.get("behaviour", "")
+        if kind == "random":
+            source = "uniform random"
+        lines.append(
+            f"| {d.meta.get('env_id')} {kind} | {len(d)} | {d.n_steps} | {d.returns.mean():.1f} | "
+            f"{d.returns.max():.1f} | {source} |"
+        )
+    sac_log = data_dir / "sac" / "sac_log.json"
+    if sac_log.exists():
+        log = json.loads(sac_log.read_text())
+        lines.append("")
+        lines.append("| SAC steps | eval return (3 episodes) | wall seconds for the chunk |")
+        lines.append("|---|---|---|")
+        lines += [
+            f"| {c['steps']} | {c['eval_return']:.1f} | {c['seconds']:.0f} |" for c in log["checkpoints"]
+        ]
+    return "\n".join(lines) + "\n"
