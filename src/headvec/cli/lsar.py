@@ -167,6 +167,12 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
             lines.append(
                 f"| {layer} | " + " | ".join(f"{rows[n]['retrieval']['mean'][0]:.3f}" for n in names) + " |"
             )
+        if main["none"]["probe"]:
+            lines += ["", "Mean probe transfer to the other languages by layer:", ""]
+            lines += ["| layer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            for layer, rows in results["layers"].items():
+                cells = " | ".join(f"{rows[n]['probe']['mean_other'][0]:.3f}" for n in names)
+                lines.append(f"| {layer} | {cells} |")
     lines += [
         "",
         "LSAR fitted on English alone (one language: no language subspace): max |transform(x) - x| = "
