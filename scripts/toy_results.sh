@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hv=".venv/bin/headvec"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-parts=("${@:-eval sav mtv rm harness ccot}")
+parts=("${@:-eval sav mtv rm harness ccot feedback}")
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 if want eval; then
@@ -39,6 +39,14 @@ if want harness; then
     --out runs/h-actrm-en --device cpu
 fi
 if want ccot; then
-  $hv ccot eval toy --n 270 --methods direct,cot,ccot,ccot_gold,ccot_answer --threads 1 --device cpu \
+  $hv ccot eval toy --n 270 --answer-tokens 16 --methods direct,cot,ccot,ccot_gold,ccot_answer --threads 1 --device cpu \
     --work runs/ccot-toy --out docs/ccot --report docs/ccot.md
+fi
+if want feedback; then
+  # VLFeedback + DPO on the toy model (docs/feedback-dpo.md): the default loop, then the annotator comparison
+  rm -rf runs/feedback-default  # start fresh: a rerun into an existing directory reuses its finished stages
+  $hv feedback run runs/feedback-default --threads 1
+  $hv feedback compare runs/feedback-default --threads 1
+  mkdir -p docs/feedback
+  cp runs/feedback-default/{report.json,comparison.json,comparison.md,comparison.png} docs/feedback/
 fi
