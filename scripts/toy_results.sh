@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rerun every published result that uses the shipped toy model, writing into docs/ (and runs/ for
-# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness ccot]  (default: all)
+# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness ccot ic lsar]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hv=".venv/bin/headvec"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-parts=("${@:-eval sav mtv rm harness ccot feedback}")
+parts=("${@:-eval sav mtv rm harness ccot feedback ic lsar}")
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 if want eval; then
@@ -41,6 +41,13 @@ fi
 if want ccot; then
   $hv ccot eval toy --n 270 --answer-tokens 16 --methods direct,cot,ccot,ccot_gold,ccot_answer --threads 1 --device cpu \
     --work runs/ccot-toy --out docs/ccot --report docs/ccot.md
+fi
+if want ic; then  # internal consistency on the chain-of-thought questions (docs/internal-consistency.md)
+  $hv ic eval toy --n 250 --paths 20 --languages en,xx,yy,zz --out docs/ic --threads 1 --device cpu
+fi
+if want lsar; then  # LSAR vs none/demean/LIR (docs/lsar.md)
+  $hv lsar eval toy --out docs/lsar/toy --threads 1 --device cpu
+  $hv lsar eval minilm --out docs/lsar/minilm --threads 1 --device cpu
 fi
 if want feedback; then
   # VLFeedback + DPO on the toy model (docs/feedback-dpo.md): the default loop, then the annotator comparison

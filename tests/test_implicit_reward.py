@@ -133,3 +133,38 @@ def test_bad_inputs_are_one_line_errors(pair):
         ImplicitRewardModel(policy, reference, score="median")  # type: ignore[arg-type]
     with pytest.raises(HeadvecError, match="no tokens"):
         rm.rewards(["a"], [""])
+
+
+def test_takes_its_place_as_a_reward_model(tiny_model_dir):
+    """The implicit: spec builds it, Best-of-N picks what the policy raised, TRL's reward function
+    wraps it."""
+    from headvec.rewards.best_of_n import best_of_n
+    from headvec.rewards.loading import RMOptions, build_reward_model
+
+    directory = str(tiny_model_dir("llama"))
+    rm = build_reward_model(f"implicit:{directory},{directory},reweighted", RMOptions(batch_size=4))
+    assert isinstance(rm, ImplicitRewardModel) and rm.score == "reweighted"
+    with pytest.raises(HeadvecError, match="implicit:POLICY,REFERENCE"):
+        build_reward_model(f"implicit:{directory}", RMOptions())
+    tok = rm.policy.tokenizer
+    words = [
+        w
+        for w in ("the", "is", "and", "sky", "a", "of", "to", "in", "it")
+        if len(tok(w, add_special_tokens=False)["input_ids"]) == 1
+    ]
+    favoured = tok(words[2], add_special_tokens=False)["input_ids"][0]
+
+    def plant(module, args, output):
+        output = output.clone()
+        output[..., favoured] += 3.0
+        return output
+
+    handle = rm.policy.model.get_output_embeddings().register_forward_hook(plant)
+    try:
+        rm.reference = load(directory)  # a separate, unplanted copy
+        picked = best_of_n(rm, "Tell me", [words[0], words[1], words[2], words[3]])
+        trl_rewards = rm.as_trl_reward_func()(["Tell me", "Tell me"], [words[2], words[0]])
+    finally:
+        handle.remove()
+    assert picked.index == 2
+    assert trl_rewards[0] > trl_rewards[1]
