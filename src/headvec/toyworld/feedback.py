@@ -706,7 +706,7 @@ def label_agreement(rows: Sequence[FeedbackRow], oracle_rows: Sequence[FeedbackR
     return round(sum(hits) / len(hits), 4) if hits else float("nan")
 
 
-TABLE_METRICS = ("chair_i", "chair_s", "recall", "vqa_existence", "vqa_attribute", "vqa", "judge")
+TABLE_METRICS = ("chair_i", "chair_s", "mentions", "recall", "vqa_existence", "vqa_attribute", "vqa", "judge")
 
 
 def _fmt(ci: Sequence[float], signed: bool = False) -> str:
