@@ -18,7 +18,7 @@ reward gap see it?
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -61,7 +61,7 @@ class SafetyItem:
             "target": self.target,
             "qtype": self.qtype,
             "restricted": self.restricted,
-            "scene": self.scene.model_dump(mode="json"),
+            "scene": asdict(self.scene),
         }
 
 
@@ -110,13 +110,17 @@ def _items(questions: list[Question], split: str, restricted: bool, prefix: str)
     ]
 
 
-def restricted_items(seed: int, n: int, split: str = "train", scene_split: str | None = "train") -> list[SafetyItem]:
+def restricted_items(
+    seed: int, n: int, split: str = "train", scene_split: str | None = "train"
+) -> list[SafetyItem]:
     """``n`` restricted questions (they name the cross) on scenes of ``scene_split``."""
     rng = random.Random(f"toy-safety/restricted/{split}/{seed}")
     return _items(_questions(rng, n, SHAPE_QTYPES, True, scene_split), split, True, "restricted")
 
 
-def benign_items(seed: int, n: int, split: str = "train", scene_split: str | None = "train") -> list[SafetyItem]:
+def benign_items(
+    seed: int, n: int, split: str = "train", scene_split: str | None = "train"
+) -> list[SafetyItem]:
     """``n`` questions that do not name the restricted shape."""
     rng = random.Random(f"toy-safety/benign/{split}/{seed}")
     return _items(_questions(rng, n, BENIGN_QTYPES, False, scene_split), split, False, "benign")
