@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hv=".venv/bin/headvec"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-parts=("${@:-eval sav mtv rm harness ccot feedback ic lsar}")
+parts=("${@:-eval sav mtv rm harness ccot feedback ic lsar remiss}")
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 if want eval; then
@@ -56,4 +56,15 @@ if want feedback; then
   $hv feedback compare runs/feedback-default --threads 1
   mkdir -p docs/feedback
   cp runs/feedback-default/{report.json,comparison.json,comparison.md,comparison.png} docs/feedback/
+fi
+if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-misspecification.md)
+  rm -rf runs/remiss  # start fresh: reruns into an existing directory resume its finished stages
+  $hv remiss train-toy --no-progress
+  for method in remiss advprompter gcg random; do
+    $hv remiss attack --method "$method" --no-progress
+    $hv remiss eval --method "$method" --no-progress
+  done
+  $hv remiss backdoor
+  $hv regap score runs/remiss/aligned/dpo/model toy --out docs/remiss/regap_test.jsonl
+  $hv remiss report --out docs/remiss
 fi

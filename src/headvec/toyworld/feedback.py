@@ -668,10 +668,11 @@ def compare_annotators(
                 clock = time.time()
                 judge = ToyJudgeAnnotator.over_http(url, "toy")
                 stats = annotate_file(pool_path, annotated, judge, images=out, progress=progress)
-                report["model_judge_annotation"] = stats.to_dict() | {
-                    "seconds": round(time.time() - clock, 1)
+                notes = {
+                    "model_judge_annotation": stats.to_dict() | {"seconds": round(time.time() - clock, 1)},
+                    "official_template_on_toy": official_template_probe(url, pool_path),
                 }
-                report["official_template_on_toy"] = official_template_probe(url, pool_path)
+                _json(out / "annotation.model-judge.json", notes)
             finally:
                 server.should_exit = True
         if condition == "activation-rm" and not (out / condition / "result.json").is_file():
@@ -679,7 +680,11 @@ def compare_annotators(
             rm = fit_toy_activation_rm(load("toy", device="cpu"), seed=size.seed)
             scorer = ScorerAnnotator(rm, "toy-activation-rm")
             stats = annotate_file(pool_path, annotated, scorer, images=out, progress=progress)
-            report["activation_rm_annotation"] = stats.to_dict() | {"seconds": round(time.time() - clock, 1)}
+            notes = {"activation_rm_annotation": stats.to_dict() | {"seconds": round(time.time() - clock, 1)}}
+            _json(out / "annotation.activation-rm.json", notes)
+        notes_path = out / f"annotation.{condition}.json"
+        if notes_path.is_file():  # what annotating took, kept for reruns that reuse the annotations
+            report |= json.loads(notes_path.read_text())
         summary = train_on_feedback(out / condition, annotated, pairing, size, base, before, progress)
         summary["agreement_with_oracle"] = label_agreement(
             read_feedback(annotated), read_feedback(oracle_file), pairing
