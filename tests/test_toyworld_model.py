@@ -286,5 +286,5 @@ def test_binding_diagnosis_reports_every_layer_and_head():
     assert attention.shape == (3, 2)
     assert ((attention > 0) & (attention < 1)).all()  # a real share of each head's attention
     assert sorted(report["accuracy_by_objects"]) == [1, 2, 3, 4]
-    assert set(report["vision_probe"]) == {"color", "shape", "size"}
+    assert set(report["vision_probe"]) == {"color", "shape", "size", "row", "col"}
     assert model.config._attn_implementation == attention_implementation  # the eager switch is undone

@@ -4,7 +4,9 @@ Colour questions ("what color is the circle ?") need a lookup: find the image to
 and read its colour. This module measures each step of that lookup on held-out scenes:
 
 - ``vision_probe``: is each cell's colour / shape / size linearly readable from the projector's output
-  for that image token? (If not, the vision side is the problem.)
+  for that image token? (If not, the vision side is the problem.) And its row and column: the decoder's
+  rotary positions act on attention scores only and never enter the residual stream, so where an
+  object is reaches the decoder only if its image token says so (spatial relations need it).
 - ``residual_probe``: is the *asked* object's colour linearly readable from the residual stream at the
   answer position, after each decoder layer? The first layer where it is tells where the lookup forms.
 - ``attention_to_cell``: the attention weight from the answer position to the asked object's image token,
@@ -83,7 +85,7 @@ def binding_diagnosis(loaded: LoadedModel, n: int = 800, seed: int = 1, batch_si
     for row, q in enumerate(questions):
         for obj in q.scene.objects:
             cells.append(features[row, obj.row * side + obj.col].float().numpy())
-            for attribute in ("color", "shape", "size"):
+            for attribute in ("color", "shape", "size", "row", "col"):
                 labels[attribute].append(getattr(obj, attribute))
     cell_features = np.stack(cells)
     vision_probe = {a: _probe(cell_features, np.array(v), int(0.75 * len(v))) for a, v in labels.items()}
