@@ -15,6 +15,7 @@ from headvec.methods.consistency import (
     evaluate_internal_consistency,
     internal_consistency,
     label_token_ids,
+    stated_answer,
     truncate_path,
     vote_accuracy,
     weighted_vote,
@@ -107,6 +108,16 @@ def test_truncate_path_drops_the_answer_sentence():
         == "there is a red square . red objects : square . so the answer is"
     )
     assert truncate_path("so the answer is two .", "so the answer is") == "so the answer is"
+
+
+def test_stated_answer_is_what_the_path_wrote():
+    labels = ("zero", "one", "two")
+    assert (
+        stated_answer("a . so the answer is one . so the answer is two .", "so the answer is", labels)
+        == "two"
+    )
+    assert stated_answer("a . so the answer is seven .", "so the answer is", labels) is None
+    assert stated_answer("no conclusion .", "so the answer is", labels) is None
 
 
 def test_label_tokens_from_the_tokenizer(tiny_model_dir):

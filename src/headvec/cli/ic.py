@@ -27,13 +27,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 @app.callback()
 def _group() -> None:
     """Internal consistency: vote over reasoning paths weighted by layer agreement."""
 
 
 METHOD_NAMES = {
-    "self_consistency": "self-consistency (plain vote)",
+    "self_consistency_stated": "self-consistency (stated answers)",
+    "self_consistency": "self-consistency (plain vote, lens answers)",
     "confidence": "confidence-weighted vote",
     "internal_consistency": "IC-weighted vote",
 }
@@ -101,31 +103,41 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
         "95% bootstrap CI over questions), and the AUROC of each weight for telling correct from incorrect "
         "paths (CI resamples questions).",
         "",
-        "| language | questions | one path | one path, uncalibrated | self-consistency | confidence | IC | "
-        "AUROC IC | AUROC confidence |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| language | questions | one path | one path, uncalibrated | one path, stated | SC, stated | "
+        "SC | confidence | IC | AUROC IC | AUROC confidence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for language, run in runs.items():
         at_n = run["at_n"]
         lines.append(
             f"| {language} | {run['n_questions']} | {_fmt(run['path_accuracy'])} | "
-            f"{_fmt(run['raw_path_accuracy'])} | {_fmt(at_n['self_consistency'])} | "
+            f"{_fmt(run['raw_path_accuracy'])} | {_fmt(run['stated_path_accuracy'])} | "
+            f"{_fmt(at_n['self_consistency_stated'])} | {_fmt(at_n['self_consistency'])} | "
             f"{_fmt(at_n['confidence'])} | {_fmt(at_n['internal_consistency'])} | {_fmt(run['auroc_ic'])} | "
             f"{_fmt(run['auroc_confidence'])} |"
         )
     lines += ["", "Per question type (accuracy with all votes):", ""]
     lines += [
-        "| language | type | questions | one path | self-consistency | confidence | IC |",
-        "|---|---|---|---|---|---|---|",
+        "| language | type | questions | one path | SC, stated | SC | confidence | IC |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     n = results["n_paths"]
     for language, run in runs.items():
         for kind, row in run["per_kind"].items():
             lines.append(
                 f"| {language} | {kind} | {row['questions']} | {row['path_accuracy']:.3f} | "
+                f"{row[f'self_consistency_stated@{n}']:.3f} | "
                 f"{row[f'self_consistency@{n}']:.3f} | {row[f'confidence@{n}']:.3f} | "
                 f"{row[f'internal_consistency@{n}']:.3f} |"
             )
+    lines += [
+        "",
+        "Share of paths where no label clears its quantile at the last layer (the calibrated argmax then "
+        "falls to the first label, as torch.max does in the official code):",
+        "",
+    ]
+    for language, run in runs.items():
+        lines.append(f"- {language}: {run['no_label_above_quantile']:.3f}")
     lines += ["", "Share of paths whose calibrated argmax at each layer agrees with the last layer's:", ""]
     for language, run in runs.items():
         shares = ", ".join(f"{v:.2f}" for v in run["ic_by_layer_agreement"])

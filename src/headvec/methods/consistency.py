@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from headvec.errors import DataError, HeadvecError
 from headvec.stats import bootstrap_ci
 
-VOTE_METHODS = ("self_consistency", "confidence", "internal_consistency")
+VOTE_METHODS = ("self_consistency", "confidence", "internal_consistency", "self_consistency_stated")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -95,6 +95,16 @@ def truncate_path(path: str, trigger: str) -> str:
     sentences = [s for s in _SENTENCE_END.split(path.strip()) if s]
     kept = " ".join(sentences[:-1])
     return f"{kept} {trigger}".strip()
+
+
+def stated_answer(path: str, trigger: str, labels: Sequence[str]) -> str | None:
+    """The label a path states after its last answer trigger (``... so the answer is two .`` -> ``two``),
+    or None when it states none of the labels: what plain self-consistency votes on."""
+    _, found, tail = path.rpartition(trigger)
+    if not found:
+        return None
+    answer = re.split(r"[.!?\n]", tail, maxsplit=1)[0].strip()
+    return answer if answer in labels else None
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -313,6 +323,8 @@ class ICResult:
     at_n: dict[str, tuple[float, float, float]]  # method -> (mean, low, high) with N votes
     path_accuracy: tuple[float, float, float]  # one path's calibrated prediction
     raw_path_accuracy: tuple[float, float, float]  # one path's uncalibrated last-layer argmax
+    stated_path_accuracy: tuple[float, float, float]  # the answer the path wrote itself
+    no_label_above_quantile: float  # share of paths where no label clears its quantile at the last layer
     auroc_ic: tuple[float, float, float]
     auroc_confidence: tuple[float, float, float]
     per_kind: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -370,6 +382,11 @@ def evaluate_internal_consistency(
     path_ic = np.zeros((len(questions), n_paths))
     path_conf = np.zeros((len(questions), n_paths))
     raw_correct = np.zeros((len(questions), n_paths), bool)
+    stated = [
+        [stated_answer(p, trigger, q.labels) or "(none)" for p in ps]
+        for q, ps in zip(questions, paths, strict=True)
+    ]
+    below = 0
     agreement = np.zeros(n_layers)
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, question in enumerate(questions):
@@ -388,6 +405,7 @@ def evaluate_internal_consistency(
         prediction, ic = internal_consistency(scores)
         conf = confidence(probs, quantiles)
         raw = probs[:, -1].argmax(axis=-1)
+        below += int((scores[:, -1].max(axis=-1) == 0).sum())
         agreement += (scores.argmax(axis=-1) == prediction[:, None]).sum(axis=0)
         for row, (q, k) in enumerate((q, k) for q in members for k in range(n_paths)):
             path_answer[q][k] = labels[prediction[row]]
@@ -401,6 +419,15 @@ def evaluate_internal_consistency(
         "internal_consistency": path_ic,
     }
     per_question = vote_accuracy(path_answer, weights, gold, n_permutations=n_permutations, seed=seed)
+    # the usual self-consistency: a vote over the answers the paths wrote (no lens, no calibration)
+    per_question |= vote_accuracy(
+        stated,
+        {"self_consistency_stated": np.ones_like(path_ic)},
+        gold,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
+    stated_correct = np.array([[a == g for a in row] for row, g in zip(stated, gold, strict=True)])
     question_of = np.repeat(np.arange(len(questions)), n_paths)
     per_kind: dict[str, dict[str, float]] = {}
     for kind in sorted({q.kind for q in questions}):
@@ -418,6 +445,8 @@ def evaluate_internal_consistency(
         at_n={name: bootstrap_ci(v[-1]) for name, v in per_question.items()},
         path_accuracy=bootstrap_ci(correct.mean(axis=1)),
         raw_path_accuracy=bootstrap_ci(raw_correct.mean(axis=1)),
+        stated_path_accuracy=bootstrap_ci(stated_correct.mean(axis=1)),
+        no_label_above_quantile=below / correct.size,
         auroc_ic=auroc_ci(path_ic.ravel(), correct.ravel(), question_of, seed=seed),
         auroc_confidence=auroc_ci(path_conf.ravel(), correct.ravel(), question_of, seed=seed),
         per_kind=per_kind,
