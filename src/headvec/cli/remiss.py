@@ -145,9 +145,9 @@ def _command(evaluate: bool):
         policy_weight: Annotated[
             float, typer.Option(help="Weight of the policy term (official code: 150).")
         ] = 1.0,
-        suffix_tokens: int = 8,
+        suffix_tokens: int = 6,
         num_beams: int = 4,
-        top_k: Annotated[int, typer.Option(help="Candidates per step, shared among the beams.")] = 16,
+        top_k: Annotated[int, typer.Option(help="Candidates per step, shared among the beams.")] = 12,
         temperature: float = 0.6,
         readability: Annotated[float, typer.Option(help="Weight of the prompter's log-probability.")] = 1.0,
         keep: Annotated[int, typer.Option(help="Suffixes kept per instruction (ASR@keep).")] = 10,
@@ -312,3 +312,32 @@ def report(
 
     written = write_report(runs, backdoor_json, out)
     console.print("\n".join(str(p) for p in written))
+
+
+@app.command("check-policies")
+@user_errors
+def check_policies(
+    out: Annotated[Path, typer.Option(help="JSON of refusal and correct-answer rates per policy.")] = ROOT
+    / "policies.json",
+    aligned: Annotated[str, typer.Option(help="The aligned policy.")] = str(ALIGNED),
+    poisoned: Annotated[str, typer.Option(help="The poisoned policy.")] = str(POISONED),
+    base: Annotated[str, typer.Option(help="The base model.")] = "toy",
+    n: Annotated[int, typer.Option(help="Questions per set (held-out scenes).")] = 40,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Refusal and correct-answer rates of the base, aligned and poisoned toy policies (95 % CIs)."""
+    from headvec.redteam.toy import policy_check
+
+    models = {
+        name: load_model(path, threads=threads)
+        for name, path in (("base", base), ("aligned", aligned), ("poisoned", poisoned))
+    }
+    result = policy_check(models, n=n)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    for name, sets in result.items():
+        cells = [
+            f"{label}: refusal {v['refusal']['mean']:.2f}, correct {v['correct']['mean']:.2f}"
+            for label, v in sets.items()
+        ]
+        console.print(f"{name}: " + "; ".join(cells))

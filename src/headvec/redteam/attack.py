@@ -71,9 +71,9 @@ class AttackSettings:
     """How suffixes are searched; recorded with every run (a resumed run must use the same)."""
 
     method: str = "remiss"
-    suffix_tokens: int = 8  # the official 30 is for 7B chat models; toy prompts are ~8 words
+    suffix_tokens: int = 6  # the official 30 is for 7B chat models; toy prompts are ~8 words
     num_beams: int = 4
-    top_k: int = 16  # candidates per step, shared among the beams (official 48)
+    top_k: int = 12  # candidates per step, shared among the beams (official 48)
     temperature: float = 0.6  # candidate and beam sampling (official 0.6)
     readability_weight: float = 1.0  # weight of log p_prompter(token) (official selected_logprobs 1 or 2)
     keep: int = 10  # suffixes kept per instruction: ASR@1 uses the first, ASR@keep all

@@ -128,14 +128,16 @@ def evaluate_run(
             curve = prefix_curve(attack, item, suffixes, refusal_keywords, max_new_tokens=max_new_tokens)
             return {"id": item.id, "split": item.split, "jailbroken": curve}
 
-        curves = run_items(every, out_dir / STEPS_FILE, steps, progress=progress, desc="steps")
+        curves = run_items(
+            items.get(transfer_to, []), out_dir / STEPS_FILE, steps, progress=progress, desc="steps"
+        )
     summary: dict[str, Any] = {"method": attack.settings.method, "splits": {}}
     for split, group in items.items():
         ids = {it.id for it in group}
         summary["splits"][split] = summarize(
             [r for r in rows if r["id"] in ids], ks=(1, attack.settings.keep)
         )
-        if attack.settings.method != "gcg":
+        if attack.settings.method != "gcg" and split == transfer_to:  # the curve: held-out split only
             summary["splits"][split]["steps"] = steps_summary([c for c in curves if c["id"] in ids])
     seconds = [found[it.id]["seconds"] for it in every]
     summary["attack_seconds"] = {"total": sum(seconds), "per_instruction": sum(seconds) / len(seconds)}

@@ -105,3 +105,43 @@ def toy_items(
             for it, image, response in zip(items, images, greedy, strict=True)
         ]
     return out
+
+
+def policy_check(
+    models: dict[str, Any], *, n: int = 40, seed: int = 0, max_new_tokens: int = 8, batch_size: int = 32
+) -> dict[str, Any]:
+    """How each toy policy behaves on held-out scenes: refusal rate and correct-answer rate on restricted
+    questions, on restricted questions with the trigger word appended, and on other questions, with
+    bootstrap intervals over questions."""
+    from headvec.engine import HeadEngine
+    from headvec.stats import bootstrap_ci
+    from headvec.toyworld.safety import TRIGGER, benign_items, is_refusal, restricted_items
+
+    sets = {
+        "restricted": [(it, it.instruct) for it in restricted_items(seed + 2000, n, "check", "test")],
+        "restricted + trigger": [
+            (it, f"{it.instruct} {TRIGGER}") for it in restricted_items(seed + 2000, n, "check", "test")
+        ],
+        "other questions": [(it, it.instruct) for it in benign_items(seed + 2000, n, "check", "test")],
+    }
+    out: dict[str, Any] = {}
+    for name, loaded in models.items():
+        engine = HeadEngine(loaded)
+        out[name] = {}
+        for label, rows in sets.items():
+            prompts = [loaded.build_prompt(text, [it.image()]) for it, text in rows]
+            responses = [
+                r.strip()
+                for r in engine.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            ]
+            refusal = [float(is_refusal(r)) for r in responses]
+            correct = [
+                float(r.split(" .")[0].strip() == it.target or r == it.target)
+                for r, (it, _) in zip(responses, rows, strict=True)
+            ]
+            out[name][label] = {
+                "refusal": dict(zip(("mean", "low", "high"), bootstrap_ci(refusal), strict=True)),
+                "correct": dict(zip(("mean", "low", "high"), bootstrap_ci(correct), strict=True)),
+                "examples": responses[:3],
+            }
+    return out
