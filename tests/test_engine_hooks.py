@@ -100,36 +100,44 @@ def test_a_differential_attention_model_is_refused_by_name():
         discover_architecture(DiffLlamaForCausalLM(config))
 
 
-def _jamba():
+def _jamba(vocab_size: int):
     from transformers import JambaConfig, JambaForCausalLM
 
     config = JambaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
         expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
     )  # fmt: skip
     return JambaForCausalLM(config)
 
 
-def _mllama_text():
+def _mllama_text(vocab_size: int):
     from transformers import MllamaForCausalLM, MllamaTextConfig
 
     config = MllamaTextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, cross_attention_layers=[1], pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
     return MllamaForCausalLM(config)
 
 
 @pytest.mark.parametrize(
-    ("build", "lacking"),
-    [(_jamba, r"layers 0, 2 of 4 have no self_attn\.o_proj"), (_mllama_text, r"layers 1 of 3 have no")],
+    ("build", "hooked", "skipped"),
+    [
+        (_jamba, (1, 3), ((0, "state-space"), (2, "state-space"))),
+        (_mllama_text, (0, 2), ((1, "cross-attention"),)),
+    ],
     ids=["jamba", "mllama"],
 )
-def test_a_mixed_stack_is_named_as_mixed_not_unknown(build, lacking):
-    """Jamba interleaves state-space layers, Mllama cross-attention layers: say so, not 'register it'."""
-    from headvec.arch import discover_architecture
-    from headvec.errors import UnknownArchitectureError
+def test_a_mixed_stack_hooks_its_attention_layers_and_lists_the_others(tokenizer, build, hooked, skipped):
+    """Jamba interleaves state-space layers, Mllama cross-attention layers: headvec's layers are the
+    self-attention layers (skipped ones listed with their kind), and every head identity holds."""
+    from checks import check_patching, check_reconstruction
 
-    with pytest.raises(UnknownArchitectureError, match=rf"mixed layer stack \(model\.layers: {lacking}"):
-        discover_architecture(build())
+    torch.manual_seed(0)
+    loaded = LoadedModel.from_model(build(len(tokenizer)).eval(), tokenizer, name_or_path="tiny-mixed")
+    arch = loaded.arch
+    assert (arch.n_layers, arch.layer_indices, arch.skipped_layers) == (len(hooked), hooked, skipped)
+    assert arch.hook_path(1) == f"model.layers.{hooked[1]}.self_attn.o_proj"
+    check_reconstruction(loaded, [-1])
+    check_patching(loaded, [-1])

@@ -82,16 +82,25 @@ class Architecture:
     hidden_size: int
     max_positions: int | None
     is_encoder: bool
+    # A mixed stack (cross-attention or state-space layers among the attention layers): the stack
+    # positions of the layers headvec hooks, in order (headvec's layer i is stack layer
+    # ``layer_indices[i]``), and the (stack position, kind) of the layers it skips. Empty: every layer.
+    layer_indices: tuple[int, ...] = ()
+    skipped_layers: tuple[tuple[int, str], ...] = ()
+
+    def stack_index(self, layer: int) -> int:
+        """The position in the model's layer stack of headvec's layer ``layer``."""
+        return self.layer_indices[layer] if self.layer_indices else layer
 
     def hook_path(self, layer: int) -> str:
-        return f"{self.layers_path}.{layer}.{self.attn_out_name}"
+        return f"{self.layers_path}.{self.stack_index(layer)}.{self.attn_out_name}"
 
     @property
     def hook_paths(self) -> list[str]:
         return [self.hook_path(layer) for layer in range(self.n_layers)]
 
     def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
-        return model.get_submodule(f"{self.layers_path}.{layer}")
+        return model.get_submodule(f"{self.layers_path}.{self.stack_index(layer)}")
 
     def attn_out(self, model: nn.Module, layer: int) -> nn.Module:
         return model.get_submodule(self.hook_path(layer))
@@ -140,9 +149,20 @@ def _try_submodule(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _discover(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
-    """All (layers path, attention-output path) pairs of text decoder stacks in the model, and a
-    description of each mixed stack: one where only some layers have an attention output projection."""
+def _layer_kind(layer: nn.Module) -> str:
+    """What a layer without the self-attention projection is, for the list of skipped layers."""
+    names = [name for name, _ in layer.named_modules()]
+    if any("cross_attn" in name for name in names):
+        return "cross-attention"
+    if any("mamba" in name.lower() for name in names) or "mamba" in type(layer).__name__.lower():
+        return "state-space"
+    return f"no attention ({type(layer).__name__})"
+
+
+def _discover(model: nn.Module) -> tuple[list[tuple[str, str]], list[tuple[str, str, list[bool]]]]:
+    """All (layers path, attention-output path) pairs of text decoder stacks in the model, and each
+    mixed stack as (layers path, attention-output path, which layers have it): a stack where only some
+    layers have an attention output projection."""
     found, mixed = [], []
     for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
@@ -156,8 +176,7 @@ def _discover(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
                 found.append((path, name))
                 break
             if any(has) and partial is None:
-                lacking = [i for i, ok in enumerate(has) if not ok]
-                partial = f"{path}: layers {', '.join(map(str, lacking[:8]))} of {len(module)} have no {name}"
+                partial = (path, name, has)
         else:
             if partial is not None:
                 mixed.append(partial)
@@ -180,6 +199,8 @@ def discover_architecture(model: nn.Module) -> Architecture:
                 f"{name} is not supported: {UNSUPPORTED_HEAD_LAYOUTS[kind]}, so its heads are not the "
                 "[heads, head_dim] blocks headvec reads and writes"
             )
+    layer_indices: tuple[int, ...] = ()  # every layer, unless the stack is mixed
+    skipped: tuple[tuple[int, str], ...] = ()
     if model_type in ARCHITECTURE_OVERRIDES:
         layers_path, attn_out = ARCHITECTURE_OVERRIDES[model_type]
         stack = _try_submodule(model, layers_path)
@@ -198,11 +219,18 @@ def discover_architecture(model: nn.Module) -> Architecture:
             )
     else:
         found, mixed = _discover(model)
-        if not found and mixed:
+        if not found and len(mixed) > 1:
+            paths = ", ".join(f"{p}[*].{a}" for p, a, _ in mixed)
             raise UnknownArchitectureError(
-                f"{name} (model_type {model_type!r}) has a mixed layer stack ({'; '.join(mixed)}): "
-                "cross-attention or state-space layers among the attention layers are not supported yet"
+                f"ambiguous architecture {name}: several mixed layer stacks ({paths}); "
+                f"{_register_hint(model_type)}"
             )
+        if not found and mixed:  # hook the attention layers, skip (and list) the others
+            layers_path, attn_out, has = mixed[0]
+            stack = model.get_submodule(layers_path)
+            layer_indices = tuple(i for i, ok in enumerate(has) if ok)
+            skipped = tuple((i, _layer_kind(stack[i])) for i, ok in enumerate(has) if not ok)
+            found = [(layers_path, attn_out)]
         if not found:
             raise UnknownArchitectureError(
                 f"unknown architecture {name} (model_type {model_type!r}): no decoder layers with an "
@@ -219,7 +247,8 @@ def discover_architecture(model: nn.Module) -> Architecture:
     text_config = _text_config(config)
     n_heads = _first_attr(text_config, ("num_attention_heads", "n_head", "num_heads"))
     layers = model.get_submodule(layers_path)
-    in_features = projection_in_features(layers[0].get_submodule(attn_out))
+    first = layer_indices[0] if layer_indices else 0
+    in_features = projection_in_features(layers[first].get_submodule(attn_out))
     if not n_heads or in_features % n_heads:
         raise UnknownArchitectureError(
             f"{name}: the attention output projection takes {in_features} features, which is not a whole "
@@ -240,12 +269,14 @@ def discover_architecture(model: nn.Module) -> Architecture:
         model_type=model_type,
         layers_path=layers_path,
         attn_out_name=attn_out,
-        n_layers=len(layers),
+        n_layers=len(layer_indices) if layer_indices else len(layers),
         n_heads=int(n_heads),
         head_dim=head_dim,
         hidden_size=int(hidden),
         max_positions=int(max_positions) if max_positions else None,
         is_encoder=model_type in ENCODER_MODEL_TYPES,
+        layer_indices=layer_indices,
+        skipped_layers=skipped,
     )
 
 
