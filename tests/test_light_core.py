@@ -115,11 +115,21 @@ def test_heavy_dependencies_are_extras_and_test_installs_them_all():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in project["dependencies"]}
     extras = project["optional-dependencies"]
-    assert not core & {"fastapi", "uvicorn", "httpx", "ray", "trl", "matplotlib", "openai"}
+    assert not core & {
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "ray",
+        "trl",
+        "peft",
+        "matplotlib",
+        "openai",
+        "gymnasium",
+    }
     for extra, package in EXTRAS.values():
         assert any(dep.startswith(package) for dep in extras[extra]), (extra, package)
     named = {e for dep in extras["test"] if dep.startswith("headvec[") for e in dep[8:-1].split(",")}
-    assert named == {"serve", "ray", "trl", "plot", "openai", "docs"}
+    assert named == {"serve", "ray", "trl", "plot", "openai", "rl", "docs"}
 
 
 def test_debug_env_shows_the_traceback(monkeypatch, tmp_path):
