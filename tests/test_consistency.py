@@ -155,6 +155,32 @@ def test_end_to_end_on_tiny_architectures(name, tiny_model_dir):
         progress=False,
     )
     assert result.n_layers == loaded.arch.n_layers
-    assert set(result.curves) == {"self_consistency", "confidence", "internal_consistency"}
+    assert set(result.curves) == {
+        "self_consistency",
+        "confidence",
+        "internal_consistency",
+        "self_consistency_stated",
+    }
     assert all(len(curve) == 3 and all(0 <= v <= 1 for v in curve) for curve in result.curves.values())
     assert result.ic_by_layer_agreement[-1] == 1.0  # the last layer always agrees with itself
+
+
+def test_a_wrong_lens_is_refused_not_read(tiny_model_dir):
+    from headvec.arch import LENS_OVERRIDES, register_lens
+    from headvec.engine import HeadEngine
+    from headvec.methods.consistency import read_label_probs
+
+    loaded = load(tiny_model_dir("llama"), device="cpu")
+    prompts = [loaded.build_prompt("Is the sky blue?")]
+    ids = label_token_ids(loaded.tokenizer, ["the", "and"])
+    assert read_label_probs(HeadEngine(loaded), prompts, ids, progress=False).shape == (
+        1,
+        loaded.arch.n_layers,
+        2,
+    )
+    try:
+        register_lens("llama", "", "lm_head")  # forgets the final norm
+        with pytest.raises(HeadvecError, match="differs from"):
+            read_label_probs(HeadEngine(loaded), prompts, ids, progress=False)
+    finally:
+        LENS_OVERRIDES.pop("llama", None)
