@@ -306,11 +306,13 @@ def report(
     out: Annotated[Path, typer.Option(help="Directory for results.md, results.json and the plots.")] = Path(
         "docs/remiss"
     ),
+    policies: Annotated[Path, typer.Option(help="Output of `remiss check-policies`.")] = ROOT
+    / "policies.json",
 ) -> None:
     """Tables (markdown + JSON) and plots over every method's run: ASR, ReGap, perplexity, transfer, AUROC."""
     from headvec.redteam.report import write_report
 
-    written = write_report(runs, backdoor_json, out)
+    written = write_report(runs, backdoor_json, out, policies)
     console.print("\n".join(str(p) for p in written))
 
 

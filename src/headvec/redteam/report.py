@@ -40,7 +40,20 @@ def _table(
     return lines
 
 
-def write_report(runs: Path, backdoor_json: Path | None, out: Path) -> list[Path]:
+def policies_table(policies: dict[str, Any]) -> list[str]:
+    """Refusal and correct-answer rates of each toy policy on each question set (``check-policies``)."""
+    sets = list(next(iter(policies.values())))
+    head = "| policy | " + " | ".join(f"{s}: refusal | {s}: correct" for s in sets) + " |"
+    lines = [head, "|---|" + "---|" * (2 * len(sets))]
+    for name, values in policies.items():
+        cells = [f"{_fmt(values[s]['refusal'])} | {_fmt(values[s]['correct'])}" for s in sets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(
+    runs: Path, backdoor_json: Path | None, out: Path, policies_json: Path | None = None
+) -> list[Path]:
     """``results.md`` (tables), ``results.json`` (every number) and the plots, from finished runs."""
     summaries = {}
     for method in ORDER:
@@ -122,6 +135,15 @@ def write_report(runs: Path, backdoor_json: Path | None, out: Path) -> list[Path
             f"with vs without the trigger: {_fmt(scan['auroc'], 3)}. Top five: "
             + ", ".join(f"{r['candidate']} ({r['delta']:.1f})" for r in scan["ranking"][:5])
             + ".",
+        ]
+    if policies_json is not None and policies_json.is_file():
+        policies = json.loads(policies_json.read_text())
+        result["policies"] = policies
+        lines += [
+            "",
+            "### The toy policies (held-out scenes, 40 questions per set)",
+            "",
+            *policies_table(policies),
         ]
     written = [out / "results.md", out / "results.json"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
