@@ -173,3 +173,13 @@ def test_backdoor_scan_finds_a_planted_trigger(tiny_model_dir):
     assert auc["auroc"]["mean"] == 1.0
     assert all(w < wo for w, wo in zip(auc["regap_with_trigger"], auc["regap_without_trigger"], strict=True))
     assert torch.is_tensor(state["has"])
+
+
+def test_answered_means_the_response_begins_with_the_answer():
+    from headvec.redteam.attack import gives_answer
+
+    assert not gives_answer("i can no answer .", "no")  # the refusal contains "no", it does not answer
+    assert gives_answer("no", "no") and gives_answer("purple triangle", "purple")
+    assert gives_answer("the blue cross .", "the blue cross") and not gives_answer(
+        "the blue", "the blue cross"
+    )
