@@ -184,3 +184,22 @@ def test_a_wrong_lens_is_refused_not_read(tiny_model_dir):
             read_label_probs(HeadEngine(loaded), prompts, ids, progress=False)
     finally:
         LENS_OVERRIDES.pop("llama", None)
+
+
+def test_cached_paths_from_other_settings_are_refused(tmp_path):
+    from headvec.engine import HeadEngine
+    from headvec.methods.consistency import sample_paths
+
+    toy = load("toy", device="cpu")
+    questions = [
+        ICQuestion(
+            toy.build_prompt("how many objects are there ? think step by step ."), ("one", "two"), "one"
+        )
+    ]
+    engine, cache = HeadEngine(toy), tmp_path / "paths.jsonl"
+    first = sample_paths(engine, questions, 2, max_new_tokens=5, cache=cache, progress=False)
+    assert (
+        sample_paths(engine, questions, 2, max_new_tokens=5, cache=cache, progress=False) == first
+    )  # resumed
+    with pytest.raises(HeadvecError, match="other settings"):
+        sample_paths(engine, questions, 2, max_new_tokens=5, temperature=1.0, cache=cache, progress=False)

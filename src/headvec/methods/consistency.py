@@ -128,10 +128,30 @@ def sample_paths(
     Each batch of questions is seeded from ``seed`` and its first question's index, so a run that resumes
     from ``cache`` (a JSONL of ``{"index", "paths"}`` rows, written batch by batch) draws the same paths.
     """
+    import hashlib
+
     import torch
 
     done: dict[int, list[str]] = {}
     cache_path = Path(cache) if cache is not None else None
+    settings = {
+        "n_paths": n_paths,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "batch_size": batch_size,
+        "prompts": hashlib.sha256("\n".join(q.prompt.text for q in questions).encode()).hexdigest()[:16],
+    }
+    if cache_path is not None:
+        settings_path = cache_path.with_suffix(".settings.json")
+        if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+            raise DataError(
+                f"{cache_path} holds paths sampled with other settings or questions ({settings_path}); "
+                "delete it or use another cache directory"
+            )
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        settings_path.write_text(json.dumps(settings))
     if cache_path is not None and cache_path.is_file():
         for number, line in enumerate(cache_path.read_text().splitlines(), 1):
             try:
