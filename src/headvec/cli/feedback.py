@@ -219,17 +219,22 @@ def compare(
         PipelineSize,
         compare_annotators,
         comparison_table,
+        control_table,
         plot_comparison,
+        versus_control,
     )
 
     set_threads(threads)
     wanted = [c.strip() for c in conditions.split(",") if c.strip()] or list(CONDITIONS)
-    report = compare_annotators(
-        out, PipelineSize(instructions=instructions, eval_items=eval_items, seed=seed), wanted
-    )
+    size = PipelineSize(instructions=instructions, eval_items=eval_items, seed=seed)
+    report = compare_annotators(out, size, wanted)
     for name, result in report["conditions"].items():
         change = result["change"]
         console.print(f"{name}: chair_i {change['chair_i'][0]:+.3f}, vqa {change['vqa'][0]:+.3f}")
-    (out / "comparison.md").write_text(comparison_table(report) + "\n")
+    contrasts = versus_control(out, wanted, size)
+    if contrasts:
+        report["versus_random_labels"] = contrasts
+        (out / "comparison.json").write_text(json.dumps(report, indent=1))
+    (out / "comparison.md").write_text(comparison_table(report) + "\n\n" + control_table(contrasts) + "\n")
     plot_comparison(report, out / "comparison.png")
     console.print(f"-> {out / 'comparison.json'}, comparison.md, comparison.png")

@@ -483,6 +483,7 @@ def train_on_feedback(
     )
     dpo_seconds = time.time() - started
     after = evaluate_hallucination(load(result.model_dir, device="cpu"), size.eval_items)
+    _json(out / "eval_after.json", after)
     summary = {
         "pairing": pairing,
         "pair_stats": stats.to_dict(),
@@ -766,3 +767,38 @@ def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def after_items(out: Path, condition: str, size: PipelineSize) -> dict[str, list[float]]:
+    """A condition's per-item scores after DPO (saved by :func:`train_on_feedback`; recomputed from the
+    saved model for runs made before it saved them)."""
+    from headvec.models import load
+
+    path = out / condition / "eval_after.json"
+    if not path.is_file():
+        _json(
+            path,
+            evaluate_hallucination(load(out / condition / "dpo" / "model", device="cpu"), size.eval_items),
+        )
+    return json.loads(path.read_text())
+
+
+def versus_control(
+    out: str | Path, conditions: Sequence[str], size: PipelineSize, control: str = "random-labels"
+) -> dict[str, dict[str, list[float]]]:
+    """Each condition's scores after DPO minus the random-label control's, paired over the same held-out
+    items: what the labels taught beyond what DPO on this pool does with any labels."""
+    out = Path(out)
+    if control not in conditions:
+        return {}
+    reference = after_items(out, control, size)
+    return {c: paired_change(reference, after_items(out, c, size)) for c in conditions if c != control}
+
+
+def control_table(contrasts: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: each condition minus the random-label control, 95 % CIs."""
+    lines = ["| condition minus random-labels | " + " | ".join(TABLE_METRICS) + " |"]
+    lines.append("|" + "---|" * (1 + len(TABLE_METRICS)))
+    for name, change in contrasts.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(change[m], signed=True) for m in TABLE_METRICS) + " |")
+    return "\n".join(lines)
