@@ -60,11 +60,18 @@ fi
 if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-misspecification.md)
   rm -rf runs/remiss  # start fresh: reruns into an existing directory resume its finished stages
   $hv remiss train-toy --no-progress
+  $hv remiss check-policies
+  bash scripts/remiss_kill_resume.sh  # the default attack, killed with -9 after 60 s and resumed (timed)
   for method in remiss advprompter gcg random; do
     $hv remiss attack --method "$method" --no-progress
     $hv remiss eval --method "$method" --no-progress
   done
   $hv remiss backdoor
   $hv regap score runs/remiss/aligned/dpo/model toy --out docs/remiss/regap_test.jsonl
+  $hv regap score runs/remiss/aligned/dpo/model toy --score reweighted --policy-weight 150 \
+    --out docs/remiss/regap_test_official.jsonl
+  $hv remiss attack --score reweighted --policy-weight 150 --out runs/remiss/attacks-official --no-progress
+  $hv remiss eval --score reweighted --policy-weight 150 --out runs/remiss/attacks-official --no-progress
   $hv remiss report --out docs/remiss
+  $hv remiss report --runs runs/remiss/attacks-official --out docs/remiss/official
 fi
