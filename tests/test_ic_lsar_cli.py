@@ -52,3 +52,44 @@ def test_lsar_eval_bad_layer_and_language_are_one_line(tmp_path):
     assert bad_layer.exit_code == 2 and "layer 12 does not exist" in bad_layer.output
     bad_language = CliRunner().invoke(app, ["lsar", "eval", "toy", "--languages", "xx,qq", "--device", "cpu"])
     assert bad_language.exit_code == 2 and "--languages must include en" in bad_language.output
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_lsar_eval_on_your_own_files(tmp_path):
+    from headvec.toyworld.tasks import make_caption
+
+    fit = [{"text": i.answer, "language": lang} for lang in ("en", "xx") for i in make_caption(3, 10, lang)]
+    english, other = make_caption(4, 12, "en"), make_caption(4, 12, "xx")
+    parallel = [
+        {"en": e.answer, "xx": x.answer, "label": str(len(e.scene.objects) > 2)}
+        for e, x in zip(english, other, strict=True)
+    ]
+    args = ["lsar", "eval", "toy", "--layers", "2", "--device", "cpu", "--out", str(tmp_path / "out")]
+    files = ["--fit-data", str(_write_jsonl(tmp_path / "fit.jsonl", fit))]
+    files += ["--parallel-data", str(_write_jsonl(tmp_path / "parallel.jsonl", parallel))]
+    result = CliRunner().invoke(app, [*args, *files])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["languages"] == ["en", "xx"] and results["n_parallel"] == 12
+    assert results["probe_names"] == ["False", "True"]
+    assert list(results["layers"]["2"]) == ["none", "demean", "lir+1", "lir+2", "lir+3", "lsar+1"]
+
+
+def test_lsar_eval_bad_files_are_one_line(tmp_path):
+    fit = _write_jsonl(tmp_path / "fit.jsonl", [{"text": "a", "language": "en"}, {"text": "b"}])
+    parallel = _write_jsonl(tmp_path / "parallel.jsonl", [{"en": "a", "xx": "b"}, {"en": "c"}])
+    base = ["lsar", "eval", "toy", "--device", "cpu", "--parallel-data", str(parallel)]
+    result = CliRunner().invoke(app, [*base, "--fit-data", str(fit)])
+    assert result.exit_code == 2 and "fit.jsonl line 2: needs string fields" in result.output
+    good_fit = _write_jsonl(
+        tmp_path / "fit2.jsonl", [{"text": "a", "language": "en"}, {"text": "b", "language": "xx"}]
+    )
+    result = CliRunner().invoke(app, [*base, "--fit-data", str(good_fit)])
+    assert result.exit_code == 2 and "parallel.jsonl line 2: every row needs a text" in result.output
+    only_one = CliRunner().invoke(app, base)
+    assert only_one.exit_code == 2 and "give both --fit-data and --parallel-data" in only_one.output

@@ -71,6 +71,62 @@ def toy_corpora(n_fit: int, n_eval: int, seed: int, languages: list[str]) -> dic
         "parallel": parallel,
         "probe_labels": labels,
         "probe_names": list(COLORS),
+        "probe_description": "one logistic regression per color: is an object of that color in the scene?",
+        "pivot": "en",
+        "n_fit": n_fit,
+    }
+
+
+def file_corpora(fit_path: Path, parallel_path: Path, pivot: str) -> dict[str, Any]:
+    """Your own text: FIT rows ``{"text", "language"}`` (monolingual, any number per language) and
+    PARALLEL rows ``{"<language>": text, ...}`` with the same languages in every row, optionally with a
+    ``"label"`` (a probe per label value, one-vs-rest, trained on the pivot language)."""
+    import numpy as np
+
+    from headvec.data import iter_jsonl
+    from headvec.errors import DataError
+
+    fit_texts, fit_languages = [], []
+    for number, row in iter_jsonl(fit_path):
+        text, language = row.get("text"), row.get("language")
+        if not isinstance(text, str) or not isinstance(language, str):
+            raise DataError(f"{fit_path} line {number}: needs string fields 'text' and 'language'")
+        fit_texts.append(text)
+        fit_languages.append(language)
+    rows = list(iter_jsonl(parallel_path))
+    if not fit_texts or not rows:
+        raise DataError(f"{fit_path if not fit_texts else parallel_path} holds no rows")
+    languages = sorted(k for k in rows[0][1] if k != "label")
+    parallel: dict[str, list[str]] = {lang: [] for lang in languages}
+    labels: list[str] = []
+    for number, row in rows:
+        keys = sorted(k for k in row if k != "label")
+        if keys != languages or not all(isinstance(row[k], str) for k in keys):
+            raise DataError(
+                f"{parallel_path} line {number}: every row needs a text for each of {languages} (got {keys})"
+            )
+        for lang in languages:
+            parallel[lang].append(row[lang])
+        if "label" in row:
+            labels.append(str(row["label"]))
+    if pivot not in languages:
+        raise DataError(f"the pivot language {pivot!r} is not among the parallel languages {languages}")
+    missing = sorted(set(languages) - set(fit_languages))
+    if missing:
+        raise DataError(f"{fit_path} has no rows for {missing}; every parallel language needs fit text")
+    if labels and len(labels) != len(rows):
+        raise DataError(f"{parallel_path}: some rows have a 'label' and some do not; give all or none")
+    names = sorted(set(labels))
+    probe = np.array([[label == name for name in names] for label in labels], dtype=int) if labels else None
+    return {
+        "fit_texts": fit_texts,
+        "fit_languages": fit_languages,
+        "parallel": parallel,
+        "probe_labels": probe,
+        "probe_names": names,
+        "probe_description": "one logistic regression per label value (one-vs-rest)",
+        "pivot": pivot,
+        "n_fit": round(len(fit_texts) / len(set(fit_languages))),
     }
 
 
@@ -119,7 +175,8 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     _plot(results, out)
-    others = [lang for lang in results["languages"] if lang != "en"]
+    pivot = results["pivot"]
+    others = [lang for lang in results["languages"] if lang != pivot]
     main_layer = str(results["main_layer"])
     main = results["layers"][main_layer]
     lines = [
@@ -130,7 +187,7 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
         "language; "
         f"layer {main_layer}. Mean [95% bootstrap CI over sentences].",
         "",
-        "Retrieval top-1 (cosine, mean of en->X and X->en):",
+        f"Retrieval top-1 (cosine, mean of {pivot}->X and X->{pivot}):",
         "",
         "| method | " + " | ".join(others) + " | mean |",
         "|---|" + "---|" * (len(others) + 1),
@@ -144,18 +201,17 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
     if main["none"]["probe"]:
         lines += [
             "",
-            "Zero-shot probe transfer (one logistic regression per color, "
-            f"{', '.join(results['probe_names'])}: "
-            "is an object of that color in the scene; trained on English, half the sentences; tested on the "
-            f"other half; majority-class rate {results['probe_majority']:.3f}):",
+            f"Zero-shot probe transfer ({results['probe_description']}; {', '.join(results['probe_names'])}; "
+            f"trained on {pivot}, half the sentences; tested on the other half; majority-class rate "
+            f"{results['probe_majority']:.3f}):",
             "",
-            "| method | en (trained on) | " + " | ".join(others) + " | mean of others |",
+            f"| method | {pivot} (trained on) | " + " | ".join(others) + " | mean of others |",
             "|---|---|" + "---|" * (len(others) + 1),
         ]
         for name, row in main.items():
             probe = row["probe"]
             lines.append(
-                f"| {name} | {_fmt(probe['en'])} | "
+                f"| {name} | {_fmt(probe[pivot])} | "
                 + " | ".join(_fmt(probe[lang]) for lang in others)
                 + f" | {_fmt(probe['mean_other'])} |"
             )
@@ -175,7 +231,7 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> Path:
                 lines.append(f"| {layer} | {cells} |")
     lines += [
         "",
-        "LSAR fitted on English alone (one language: no language subspace): max |transform(x) - x| = "
+        f"LSAR fitted on {pivot} alone (one language: no language subspace): max |transform(x) - x| = "
         f"{results['one_language_max_change']:.3g} (a no-op, with a warning).",
     ]
     report = out / "results.md"
@@ -202,14 +258,24 @@ def evaluate(
         int, typer.Option(help="Parallel held-out captions drawn (duplicates dropped).", min=4)
     ] = 400,
     seed: Annotated[int, typer.Option()] = 7,
+    fit_data: Annotated[
+        Path | None,
+        typer.Option(help='Your own monolingual JSONL, rows {"text", "language"} (with --parallel-data).'),
+    ] = None,
+    parallel_data: Annotated[
+        Path | None,
+        typer.Option(help='Your own parallel JSONL, rows {"en": ..., "de": ..., "label"?: ...}.'),
+    ] = None,
+    pivot: Annotated[str, typer.Option(help="The language every other is retrieved against.")] = "en",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     device: DeviceOpt = DEFAULT_DEVICE,
     threads: ThreadsOpt = 0,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
-    """LSAR vs none / demean / LIR on the toy world's languages: retrieval between English and each other
-    language, and zero-shot transfer of probes trained on English, as a function of the removed rank."""
+    """LSAR vs none / demean / LIR: retrieval between the pivot (English) and each other language, and
+    zero-shot transfer of probes trained on the pivot, as a function of the removed rank. The toy world's
+    languages by default; --fit-data and --parallel-data for your own text."""
     import warnings
 
     import numpy as np
@@ -224,15 +290,22 @@ def evaluate(
     main_layer = n_layers // 2 if layer is None else layer
     if main_layer not in chosen:
         chosen.append(main_layer)
-    langs = [lang.strip() for lang in languages.split(",") if lang.strip()]
-    data = toy_corpora(n_fit, n_eval, seed, langs)
+    if (fit_data is None) != (parallel_data is None):
+        raise HeadvecError("give both --fit-data and --parallel-data, or neither (the toy world's text)")
+    if fit_data is not None and parallel_data is not None:
+        data = file_corpora(fit_data, parallel_data, pivot)
+        langs = list(data["parallel"])
+    else:
+        langs = [lang.strip() for lang in languages.split(",") if lang.strip()]
+        data = toy_corpora(n_fit, n_eval, seed, langs)
     fit = sentence_embeddings(loaded, data["fit_texts"], chosen, batch_size=batch_size, progress=True)
     parallel = {
         lang: sentence_embeddings(loaded, texts, chosen, batch_size=batch_size, progress=True)
         for lang, texts in data["parallel"].items()
     }
     labels = data["probe_labels"]
-    n_parallel = len(labels)
+    pivot = data["pivot"]
+    n_parallel = len(data["parallel"][pivot])
     train = np.arange(n_parallel) < n_parallel // 2
     results_by_layer = {}
     for k, value in enumerate(chosen):
@@ -240,31 +313,42 @@ def evaluate(
             fit[:, k],
             data["fit_languages"],
             {lang: e[:, k] for lang, e in parallel.items()},
+            pivot=pivot,
             probe_labels=labels,
-            probe_train=train,
+            probe_train=train if labels is not None else None,
         )
-    english = fit[:, chosen.index(main_layer)][np.array(data["fit_languages"]) == "en"]
+    english = fit[:, chosen.index(main_layer)][np.array(data["fit_languages"]) == pivot]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        noop = LSAR().fit(english, ["en"] * len(english))
+        noop = LSAR().fit(english, [pivot] * len(english))
     test = ~train
-    majority = float(
-        np.mean([max(labels[test, t].mean(), 1 - labels[test, t].mean()) for t in range(labels.shape[1])])
+    majority = (
+        float(
+            np.mean([max(labels[test, t].mean(), 1 - labels[test, t].mean()) for t in range(labels.shape[1])])
+        )
+        if labels is not None
+        else None
     )
     results = {
         "model": model,
         "languages": langs,
-        "n_fit": n_fit,
+        "pivot": pivot,
+        "n_fit": data["n_fit"],
         "n_parallel": n_parallel,
         "main_layer": main_layer % n_layers,
         "probe_names": data["probe_names"],
+        "probe_description": data["probe_description"],
         "probe_majority": majority,
         "one_language_max_change": float(np.abs(noop.transform(english) - english).max()),
         "layers": results_by_layer,
     }
-    command = (
-        f"headvec lsar eval {model} --layers {layers} --languages {languages} --n-fit {n_fit} "
-        f"--n-eval {n_eval} --seed {seed} --out {out}" + (f" --layer {layer}" if layer is not None else "")
+    source = (
+        f"--fit-data {fit_data} --parallel-data {parallel_data} --pivot {pivot}"
+        if fit_data is not None
+        else f"--languages {languages} --n-fit {n_fit} --n-eval {n_eval} --seed {seed}"
+    )
+    command = f"headvec lsar eval {model} --layers {layers} {source} --out {out}" + (
+        f" --layer {layer}" if layer is not None else ""
     )
     report = write_report(results, out, command)
     console.print(report.read_text())
