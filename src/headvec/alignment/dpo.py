@@ -236,7 +236,7 @@ def train_dpo(
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation,
         max_length=settings.max_length,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # (gradient checkpointing) only slows a small model
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
