@@ -93,3 +93,68 @@ def test_lsar_eval_bad_files_are_one_line(tmp_path):
     assert result.exit_code == 2 and "parallel.jsonl line 2: every row needs a text" in result.output
     only_one = CliRunner().invoke(app, base)
     assert only_one.exit_code == 2 and "give both --fit-data and --parallel-data" in only_one.output
+
+
+@pytest.mark.slow
+def test_ic_eval_on_your_own_questions(tmp_path):
+    from headvec.toyworld.model import IMAGE_SIZE
+    from headvec.toyworld.tasks import make_cot
+
+    rows = []
+    for k, item in enumerate(make_cot(2, 10, split="test")):
+        if item.meta["qtype"] == "relation_yesno":
+            item.image(IMAGE_SIZE).save(tmp_path / f"{k}.png")
+            rows.append(
+                {
+                    "text": item.prompt,
+                    "image": f"{k}.png",
+                    "labels": ["yes", "no"],
+                    "answer": item.meta["label"],
+                }
+            )
+    data = _write_jsonl(tmp_path / "questions.jsonl", rows)
+    args = ["ic", "eval", "toy", "--data", str(data), "--trigger", "so the answer is", "--paths", "2"]
+    args += [
+        "--permutations",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]["questions"]
+    assert run["n_questions"] == len(rows) == 2
+
+
+def test_ic_eval_bad_questions_are_one_line(tmp_path):
+    data = _write_jsonl(
+        tmp_path / "q.jsonl", [{"text": "is it ?", "labels": ["yes", "no"], "answer": "maybe"}]
+    )
+    result = CliRunner().invoke(app, ["ic", "eval", "toy", "--data", str(data), "--device", "cpu"])
+    assert (
+        result.exit_code == 2 and "q.jsonl line 1: answer 'maybe' is not one of the labels" in result.output
+    )
+    data = _write_jsonl(
+        tmp_path / "q2.jsonl", [{"text": "is it ?", "labels": ["yes", "frobnicate"], "answer": "yes"}]
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "ic",
+            "eval",
+            "toy",
+            "--data",
+            str(data),
+            "--paths",
+            "1",
+            "--device",
+            "cpu",
+            "--cache",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 2 and "'frobnicate' is not a single token" in result.output

@@ -69,6 +69,32 @@ def toy_questions(loaded: Any, n: int, seed: int, language: str, split: str = "t
     return questions, translate(FINAL, language)
 
 
+def file_questions(loaded: Any, path: Path) -> list:
+    """Your own questions: JSONL rows ``{"text", "labels": [...], "answer", "image"?, "kind"?}``; each
+    text is wrapped in the model's chat template, and ``answer`` must be one of ``labels``."""
+    from headvec.data import iter_jsonl
+    from headvec.errors import DataError
+    from headvec.methods.consistency import ICQuestion
+
+    questions = []
+    for number, row in iter_jsonl(path):
+        text, labels, answer = row.get("text"), row.get("labels"), row.get("answer")
+        if not isinstance(text, str) or not isinstance(answer, str):
+            raise DataError(f"{path} line {number}: needs string fields 'text' and 'answer'")
+        if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+            raise DataError(f"{path} line {number}: 'labels' must be a list of two or more strings")
+        if answer not in labels:
+            raise DataError(f"{path} line {number}: answer {answer!r} is not one of the labels {labels}")
+        image = row.get("image")
+        if image is not None:
+            image = Path(image) if Path(image).is_absolute() else path.parent / image
+        prompt = loaded.build_prompt(text, [image] if image is not None else [])
+        questions.append(ICQuestion(prompt, tuple(labels), answer, str(row.get("kind", ""))))
+    if not questions:
+        raise DataError(f"{path} holds no rows")
+    return questions
+
+
 def _fmt(ci: Any) -> str:
     mean, low, high = ci
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
@@ -159,6 +185,13 @@ def evaluate(
     ] = 250,
     paths: Annotated[int, typer.Option("--paths", help="Sampled reasoning paths per question.", min=1)] = 20,
     languages: Annotated[str, typer.Option(help="Toy-world languages, comma-separated.")] = "en",
+    data: Annotated[
+        Path | None,
+        typer.Option(help='Your own questions instead: JSONL rows {"text", "labels", "answer", "image"?}.'),
+    ] = None,
+    trigger: Annotated[
+        str, typer.Option(help="With --data: the answer cue appended after each truncated path.")
+    ] = "So the answer is",
     seed: Annotated[int, typer.Option(help="Seed of the held-out questions and of the sampling.")] = 1,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
@@ -183,12 +216,16 @@ def evaluate(
         model, dtype=dtype, device=device, threads=threads, trust_remote_code=trust_remote_code
     )
     runs = {}
-    for language in [lang.strip() for lang in languages.split(",") if lang.strip()]:
-        questions, trigger = toy_questions(loaded, n, seed, language)
+    sources = [lang.strip() for lang in languages.split(",") if lang.strip()] if data is None else [data.stem]
+    for language in sources:
+        if data is None:
+            questions, cue = toy_questions(loaded, n, seed, language)
+        else:
+            questions, cue = file_questions(loaded, data), trigger
         result = evaluate_internal_consistency(
             loaded,
             questions,
-            trigger=trigger,
+            trigger=cue,
             n_paths=paths,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -208,9 +245,10 @@ def evaluate(
         "top_p": top_p,
         "runs": runs,
     }
-    command = (
-        f"headvec ic eval {model} --n {n} --paths {paths} --languages {languages} --seed {seed} "
-        f"--out {out} --threads {threads or 'N'}"
+    source = (
+        f"--data {data} --trigger {trigger!r}" if data is not None else f"--n {n} --languages {languages}"
     )
+    command = f"headvec ic eval {model} {source} --paths {paths} --seed {seed} --out {out}"
+    command += f" --threads {threads}" if threads else ""
     report = write_report(results, out, command)
     console.print(report.read_text())

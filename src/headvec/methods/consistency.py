@@ -388,6 +388,9 @@ def evaluate_internal_consistency(
     if not questions:
         raise DataError("no questions to evaluate")
     engine = HeadEngine(loaded)
+    label_ids = {q.labels: None for q in questions}
+    for labels in label_ids:  # before sampling: a label that is not one token fails fast
+        label_ids[labels] = label_token_ids(loaded.tokenizer, labels)
     if paths is None:
         cache = Path(cache_dir) / "paths.jsonl" if cache_dir is not None else None
         paths = sample_paths(
@@ -418,7 +421,7 @@ def evaluate_internal_consistency(
     for index, question in enumerate(questions):
         groups.setdefault(question.labels, []).append(index)
     for labels, members in groups.items():
-        ids = label_token_ids(loaded.tokenizer, labels)
+        ids = label_ids[labels]
         prompts = []
         for q in members:
             base = questions[q].prompt
