@@ -5,6 +5,10 @@ projection (``o_proj``, ``c_proj``, ``dense``, ``out_proj``): the concatenation 
 ``softmax(QK^T)V`` before they are mixed by ``W_O``. This module finds that projection in the language
 backbone (never the vision tower), and derives ``head_dim`` from the projection's shape because it is
 not always ``hidden_size / num_heads`` (Gemma, small Qwen3).
+
+For the logit lens it also finds what turns a decoder layer's output into next-token logits: the final
+norm next to the layer list and the model's output embeddings (:func:`discover_lens`, overridden with
+:func:`register_lens` as :func:`register_architecture` overrides the heads).
 """
 
 from __future__ import annotations
