@@ -272,7 +272,7 @@ class PDTPreset:
 PDT_PRESETS = {
     "tiny": PDTPreset(30, 200, 60, 3, 60, 1, 8, 3, 4, 4, 16, 16),
     # the documented CPU default (gymnasium Hopper-v5)
-    "cpu": PDTPreset(800, 5000, 1000, 40, 1000, 3, 64, 100, 10, 10, 64, 64),
+    "cpu": PDTPreset(400, 3000, 1000, 20, 500, 3, 64, 100, 10, 10, 64, 32),
 }
 
 
