@@ -206,3 +206,23 @@ def test_cli_pairs_writes_the_split_and_the_counts(tmp_path):
     stats = json.loads((tmp_path / "p" / "stats.json").read_text())
     assert stats["stats"]["pairs"] == 8 and stats["train"] + stats["test"] == 8 and stats["test"] == 1
     assert len((tmp_path / "p" / "pairs.train.jsonl").read_text().splitlines()) == 7
+
+
+@pytest.mark.slow
+def test_cli_loop_generate_annotate_pairs_train_eval(tmp_path):
+    """Every command of the loop on a tiny toy pool, full fine-tuning for two steps; the result loads."""
+    from headvec.models import load
+
+    assert run("feedback", "generate", tmp_path / "fb", "--toy", "6")[0] == 0
+    assert run("feedback", "annotate", tmp_path / "fb" / "pool.jsonl", tmp_path / "fb" / "ann.jsonl")[0] == 0
+    code, output = run("feedback", "pairs", tmp_path / "fb" / "ann.jsonl", tmp_path / "fb" / "pairs")
+    assert code == 0, output
+    train = tmp_path / "fb" / "pairs" / "pairs.train.jsonl"
+    args = ["--max-steps", "2", "--batch-size", "2", "--accumulation", "1", "--no-lora", "--lr", "1e-4"]
+    code, output = run("dpo", "train", "toy", train, tmp_path / "dpo", *args)
+    assert code == 0, output
+    assert load(tmp_path / "dpo" / "model", device="cpu").is_multimodal
+    code, output = run("dpo", "eval", tmp_path / "dpo" / "model", "--n", "4", "--out", tmp_path / "eval.json")
+    assert code == 0, output
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert set(summary["metrics"]) >= {"chair_i", "vqa", "judge"}
