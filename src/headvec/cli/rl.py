@@ -220,10 +220,12 @@ def compare_currmask(
         Path, typer.Argument(help="Directory from `headvec rl data` (replay, random, expert).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Results directory (finished runs are skipped).")],
-    methods: Annotated[str, typer.Option(help="Comma-separated curricula.")] = CURRMASK_METHODS,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated curricula; 'random' = random actions (the floor).")
+    ] = CURRMASK_METHODS,
     seeds: str = "0,1,2",
     preset: Annotated[
-        str, typer.Option(help="tiny (point mass, seconds) or cpu (the documented default).")
+        str, typer.Option(help="tiny (seconds), cpu (the documented default) or pointmass.")
     ] = "cpu",
 ) -> None:
     """CurrMask vs baselines on zero-shot skill prompting and goal planning; table + plots + CIs."""
@@ -231,7 +233,9 @@ def compare_currmask(
     from headvec.rl.masking import CURRICULA
 
     _one_thread()
-    rows = currmask_compare(data_dir, out, _names(methods, CURRICULA, "curricula"), _seeds(seeds), preset)
+    rows = currmask_compare(
+        data_dir, out, _names(methods, (*CURRICULA, "random"), "curricula"), _seeds(seeds), preset
+    )
     console.print(currmask_table(rows))
 
 

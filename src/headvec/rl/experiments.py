@@ -41,6 +41,8 @@ CURRMASK_PRESETS = {
     "tiny": CurrMaskPreset(8, 32, 60, 16, 5, 3, 10, 3, 3, 2, 3),
     # the documented CPU default (dm_control walker): T = 16 steps (32 tokens), d 64, 2+1 layers
     "cpu": CurrMaskPreset(16, 64, 1000, 64, 20, 8, 60, 10, 5, 3, 20),
+    # the point-mass substitute (a competent scripted expert; 50-step episodes)
+    "pointmass": CurrMaskPreset(16, 64, 500, 64, 10, 8, 30, 10, 5, 3, 20),
 }
 
 
@@ -87,6 +89,35 @@ def currmask_compare(
             if result_path.exists():
                 continue
             started = time.perf_counter()
+            if method == "random":  # the floor: uniform random actions from the same states and prompts
+                planner, meta = RandomActions(a_dim, p.horizon, seed), {"log": {"probe": []}}
+                env = make_env(env_id, seed=seed, max_steps=train.meta.get("max_steps"))
+                prompts = skill_prompting(
+                    planner,
+                    env,
+                    expert,
+                    context=p.context,
+                    horizon=p.prompt_horizon,
+                    n_prompts=p.n_prompts,
+                    seed=1000 + seed,
+                )
+                goals = goal_planning(
+                    planner,
+                    env,
+                    expert,
+                    n_goals=p.n_goals,
+                    gap=p.goal_gap,
+                    n_trials=p.n_goal_trials,
+                    seed=2000 + seed,
+                )
+                result_path.parent.mkdir(parents=True, exist_ok=True)
+                result_path.write_text(
+                    json.dumps(
+                        _currmask_result(method, seed, env_id, preset, prompts, goals, meta, started),
+                        indent=1,
+                    )
+                )
+                continue
             model_config = MaskedModelConfig(s_dim, a_dim, horizon=p.horizon, d_model=p.d_model)
             config = PretrainConfig(
                 curriculum=method, steps=p.steps, batch_size=p.batch_size, interval=p.interval, seed=seed
@@ -113,22 +144,44 @@ def currmask_compare(
                 n_trials=p.n_goal_trials,
                 seed=2000 + seed,
             )
-            result = {
-                "method": method,
-                "seed": seed,
-                "env_id": env_id,
-                "preset": preset,
-                "skill_return": float(np.mean([r["return"] for r in prompts])),
-                "source_return": float(np.mean([r["source_return"] for r in prompts])),
-                "goal_distance": float(np.mean([g["distance"] for g in goals])),
-                "final_probe_loss": meta["log"]["probe"][-1][1] if meta["log"]["probe"] else None,
-                "pretrain_seconds": meta["log"].get("seconds"),
-                "seconds": time.perf_counter() - started,
-                "prompts": prompts,
-                "goals": goals,
-            }
+            result = _currmask_result(method, seed, env_id, preset, prompts, goals, meta, started)
             result_path.write_text(json.dumps(result, indent=1))
     return summarise_currmask(out, methods, seeds)
+
+
+class RandomActions:
+    """Stands in for a planner: uniform random actions (the floor of both evaluations)."""
+
+    def __init__(self, action_dim: int, horizon: int, seed: int) -> None:
+        from types import SimpleNamespace
+
+        self.rng, self.action_dim, self.horizon = np.random.default_rng(seed), action_dim, horizon
+        self.model = SimpleNamespace(config=SimpleNamespace(causal=False))
+
+    def act(self, history: list, observation: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
+
+    def infill(self, states: list, actions: list) -> np.ndarray:
+        return self.rng.uniform(-1, 1, (self.horizon, self.action_dim)).astype(np.float32)
+
+
+def _currmask_result(
+    method: str, seed: int, env_id: str, preset: str, prompts: list, goals: list, meta: dict, started: float
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "seed": seed,
+        "env_id": env_id,
+        "preset": preset,
+        "skill_return": float(np.mean([r["return"] for r in prompts])),
+        "source_return": float(np.mean([r["source_return"] for r in prompts])),
+        "goal_distance": float(np.mean([g["distance"] for g in goals])),
+        "final_probe_loss": meta["log"]["probe"][-1][1] if meta["log"]["probe"] else None,
+        "pretrain_seconds": meta["log"].get("seconds"),
+        "seconds": time.perf_counter() - started,
+        "prompts": prompts,
+        "goals": goals,
+    }
 
 
 def summarise_currmask(out_dir: str | Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
