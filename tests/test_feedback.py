@@ -393,3 +393,62 @@ def test_a_generator_failing_mid_run_resumes_without_redoing_an_instruction(tmp_
     assert (stats.skipped, stats.written) == (2, 6)
     assert [r.id for r in read_feedback(out)] == [f"i{k}" for k in range(8)]
     assert all(i not in fresh[0].seen for i in ("i0", "i1"))
+
+
+def test_official_template_through_a_real_openai_compatible_http_endpoint(tmp_path):
+    """The annotator's real path: OpenAIJudge's client -> HTTP -> an endpoint answering in the template's
+    format (one reply with a rating of 7, which is kept as a failure and counted)."""
+    import threading
+    import time
+
+    fastapi = pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from headvec.feedback.schema import ImageStore
+
+    good = reply([["5", "4", "2", "1"], ["5"] * 4, ["4", "4", "1", "2"]])
+    bad = reply([["5", "7", "2", "1"], ["5"] * 4, ["4"] * 4])
+    seen: list[dict] = []
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict) -> dict:
+        seen.append(body)
+        text = body["messages"][-1]["content"][0]["text"]
+        content = bad if "Instruction: instruction 1\n" in text else good
+        message = {"role": "assistant", "content": content}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        pool = _pool_file(tmp_path, n=3)
+        annotator = OpenAIAnnotator(f"http://127.0.0.1:{port}/v1", "judge-4v", concurrency=2)
+        stats = annotate_file(pool, tmp_path / "ann.jsonl", annotator, progress=False)
+    finally:
+        server.should_exit = True
+    assert (stats.annotated, stats.failures) == (3, 1)
+    assert "rating '7' for text 2 is outside 1-5" in stats.failure_examples[0]
+    rows = {r.id: r for r in read_feedback(tmp_path / "ann.jsonl")}
+    assert rows["r0"].completions[3].annotations["Visual Faithfulness"].Rating == "2"
+    assert (
+        rows["r1"].completions[0].annotations is None
+        and "Rating: 7" in rows["r1"].model_extra["raw_annotation"]
+    )
+    assert len(seen) == 3 and all(b["model"] == "judge-4v" for b in seen)
+    content = seen[0]["messages"][-1]["content"]
+    assert content[0]["text"].startswith("# Assessment Guidelines") and content[1]["type"] == "image_url"
+    assert ImageStore(tmp_path).open("img.png").size == (8, 8)

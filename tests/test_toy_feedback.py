@@ -196,6 +196,20 @@ def test_cli_bad_input_is_one_line(tmp_path):
         ),
         "image 'svit/0001.jpg' not found",
     )
+    instructions = tmp_path / "instructions.jsonl"
+    instructions.write_text(json.dumps({"id": "a", "prompt": "describe the image ."}) + "\n")
+    one_line_error(
+        *run("feedback", "generate", tmp_path / "g", "--instructions", instructions), "at least 4 --generator"
+    )
+    specs = [
+        x
+        for spec in ("local:toy", "local:toy@0.7", "openai:m@http://127.0.0.1:9/v1", "vllm:m")
+        for x in ("--generator", spec)
+    ]
+    one_line_error(
+        *run("feedback", "generate", tmp_path / "g", "--instructions", instructions, *specs),
+        "use local:MODEL",
+    )
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
     one_line_error(*run("dpo", "train", "toy", tmp_path / "pairs.jsonl", tmp_path / "d"), "needs 'rejected'")
 

@@ -25,27 +25,33 @@ ImagesOpt = Annotated[
 ]
 
 
-def _generator(spec: str, seed: int) -> object:
-    """``local:MODEL[@TEMPERATURE]`` or ``openai:MODEL@BASE_URL``."""
-    from headvec.feedback.pool import LocalGenerator, OpenAIGenerator
-
+def _parse_generator(spec: str) -> tuple[str, str, str | float]:
+    """``local:MODEL[@TEMPERATURE]`` -> (local, model, temperature); ``openai:MODEL@BASE_URL`` -> (openai,
+    model, base_url); anything else is a one-line error (checked before any model loads)."""
     kind, _, rest = spec.partition(":")
     if kind == "local" and rest:
-        from headvec.models import load
-
         model, _, temperature = rest.partition("@")
         try:
-            value = float(temperature or 0)
+            return kind, model, float(temperature or 0)
         except ValueError:
             raise HeadvecError(f"--generator {spec!r}: temperature {temperature!r} is not a number") from None
-        return LocalGenerator(load(model), f"{model}@{value:g}", temperature=value, seed=seed)
     if kind == "openai" and "@" in rest:
         model, _, base_url = rest.partition("@")
-        return OpenAIGenerator(base_url, model, seed=seed)
+        return kind, model, base_url
     raise HeadvecError(
         f"--generator {spec!r}: use local:MODEL[@TEMPERATURE] or openai:MODEL@BASE_URL (e.g. "
         "openai:gpt-4o@https://api.openai.com/v1)"
     )
+
+
+def _generator(kind: str, model: str, option: str | float, seed: int) -> object:
+    from headvec.feedback.pool import LocalGenerator, OpenAIGenerator
+
+    if kind == "local":
+        from headvec.models import load
+
+        return LocalGenerator(load(model), f"{model}@{option:g}", temperature=float(option), seed=seed)
+    return OpenAIGenerator(str(option), model, seed=seed)
 
 
 @app.command()
@@ -87,7 +93,8 @@ def generate(
                 raise HeadvecError(f"{instructions} line {number}: an instruction needs 'id' and 'prompt'")
             meta = {key: v for key, v in obj.items() if key not in ("id", "prompt", "img_path")}
             items.append(Instruction(str(obj["id"]), obj["prompt"], obj.get("img_path"), meta))
-        generators = [_generator(spec, seed) for spec in generator]
+        parsed = [_parse_generator(spec) for spec in generator]
+        generators = [_generator(*p, seed) for p in parsed]
         root = images or instructions.parent
     else:
         raise HeadvecError(
