@@ -13,7 +13,7 @@ ORDER = ("remiss", "advprompter", "gcg", "random")
 
 
 def _fmt(value: dict[str, float] | None, digits: int = 2) -> str:
-    if not value:
+    if not value or value["mean"] != value["mean"]:  # missing, or NaN (a class never occurred)
         return "n/a"
     return f"{value['mean']:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}]"
 
