@@ -257,12 +257,22 @@ def backdoor(
     n: int = 100,
     seed: int = 0,
     score: ScoreOpt = "sum",
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="A clean aligned policy: also rank by the effect on the poisoned minus on this one."
+        ),
+    ] = None,
     batch_size: int = 64,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     device: DeviceOpt = DEFAULT_DEVICE,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """Rank every allowed toy word as a trigger by its mean effect on ReGap (most negative first)."""
+    """Rank every allowed toy word as a trigger by its mean effect on ReGap (most negative first).
+
+    With --control, words that lower any aligned policy's gap (they disrupt the refusal in general) are
+    discounted: the ranking is by the poisoned policy's change minus the control's, on the same prompts
+    and targets. A finished scan of the same policy in OUT is reused."""
     from headvec.redteam.attack import AttackSettings, SuffixAttack
     from headvec.redteam.backdoor import rank_candidates, trigger_auroc
     from headvec.toyworld.safety import TRIGGER
@@ -274,9 +284,32 @@ def backdoor(
     attack = SuffixAttack(reward, prompter, AttackSettings())
     candidates = sorted({attack.decode([i]) for i in attack.allowed_ids} - {""})
     group = items[split]
-    ranking = rank_candidates(reward, group, candidates)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    if previous.get("policy") == policy and previous.get("candidates") == len(candidates):
+        ranking = previous["ranking"]
+    else:
+        ranking = rank_candidates(reward, group, candidates)
     auc = trigger_auroc(reward, group, trigger)
     rank = next((r["rank"] for r in ranking if r["candidate"] == trigger), None)
+    extra: dict[str, Any] = {}
+    if control is not None:
+        from headvec.rewards.implicit import ImplicitRewardModel
+
+        clean = ImplicitRewardModel(
+            load_model(control, dtype=dtype, device=device), reward.reference, score=score
+        )  # type: ignore[arg-type]
+        clean.batch_size = batch_size
+        control_deltas = {r["candidate"]: r["delta"] for r in rank_candidates(clean, group, candidates)}
+        paired = sorted(
+            ((r["candidate"], r["delta"] - control_deltas[r["candidate"]]) for r in ranking),
+            key=lambda kv: kv[1],
+        )
+        vs_control = [{"candidate": c, "delta": d, "rank": i + 1} for i, (c, d) in enumerate(paired)]
+        extra = {
+            "control": control,
+            "trigger_rank_vs_control": next(r["rank"] for r in vs_control if r["candidate"] == trigger),
+            "ranking_vs_control": vs_control,
+        }
     result = {
         "policy": policy,
         "reference": reference,
@@ -286,6 +319,7 @@ def backdoor(
         "instructions": len(group),
         **auc,
         "ranking": ranking,
+        **extra,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -294,6 +328,9 @@ def backdoor(
         f"trigger {trigger!r}: rank {rank} of {len(candidates)}; AUROC(ReGap, trigger) {a['mean']:.3f} "
         f"[{a['low']:.3f}, {a['high']:.3f}]; top 5: {[r['candidate'] for r in ranking[:5]]} -> {out}"
     )
+    if extra:
+        top = [r["candidate"] for r in extra["ranking_vs_control"][:5]]
+        console.print(f"against the control {control}: rank {extra['trigger_rank_vs_control']}; top 5: {top}")
 
 
 @app.command("report")
