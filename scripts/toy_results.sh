@@ -54,8 +54,10 @@ if want feedback; then
   rm -rf runs/feedback-default  # start fresh: a rerun into an existing directory reuses its finished stages
   $hv feedback run runs/feedback-default --threads 1
   $hv feedback compare runs/feedback-default --threads 1
+  $hv feedback compare runs/feedback-default --dpo-seed 1 --conditions oracle,random-labels --threads 1
   mkdir -p docs/feedback
   cp runs/feedback-default/{report.json,comparison.json,comparison.md,comparison.png} docs/feedback/
+  cp runs/feedback-default/{comparison-seed1.json,comparison-seed1.md} docs/feedback/
 fi
 if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-misspecification.md)
   rm -rf runs/remiss  # start fresh: reruns into an existing directory resume its finished stages

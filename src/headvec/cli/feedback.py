@@ -218,6 +218,9 @@ def compare(
     eval_items: Annotated[int, typer.Option(help="Held-out items per evaluation metric.")] = 200,
     conditions: Annotated[str, typer.Option(help="Comma-separated conditions (default: all).")] = "",
     seed: Annotated[int, typer.Option()] = 0,
+    dpo_seed: Annotated[
+        int, typer.Option(help="DPO seed (and the random-label coin); another seed writes CONDITION-seedN/.")
+    ] = 0,
     threads: ThreadsOpt = 1,
 ) -> None:
     """Annotators and pairings compared under the same DPO settings on the toy world."""
@@ -233,7 +236,7 @@ def compare(
 
     set_threads(threads)
     wanted = [c.strip() for c in conditions.split(",") if c.strip()] or list(CONDITIONS)
-    size = PipelineSize(instructions=instructions, eval_items=eval_items, seed=seed)
+    size = PipelineSize(instructions=instructions, eval_items=eval_items, seed=seed, dpo_seed=dpo_seed)
     report = compare_annotators(out, size, wanted)
     for name, result in report["conditions"].items():
         change = result["change"]
@@ -241,7 +244,8 @@ def compare(
     contrasts = versus_control(out, wanted, size)
     if contrasts:
         report["versus_random_labels"] = contrasts
-        (out / "comparison.json").write_text(json.dumps(report, indent=1))
-    (out / "comparison.md").write_text(comparison_table(report) + "\n\n" + control_table(contrasts) + "\n")
-    plot_comparison(report, out / "comparison.png")
-    console.print(f"-> {out / 'comparison.json'}, comparison.md, comparison.png")
+        (out / f"{size.comparison_name}.json").write_text(json.dumps(report, indent=1))
+    tables = comparison_table(report) + "\n\n" + control_table(contrasts) + "\n"
+    (out / f"{size.comparison_name}.md").write_text(tables)
+    plot_comparison(report, out / f"{size.comparison_name}.png")
+    console.print(f"-> {out / size.comparison_name}.json, .md, .png")

@@ -395,7 +395,17 @@ class PipelineSize:
     dpo_lr: float = 5e-4
     lora_r: int = 16
     lora_alpha: int = 32
-    seed: int = 0
+    seed: int = 0  # instructions, pool sampling
+    dpo_seed: int = 0  # DPO (data order, LoRA init) and the random-label coin
+
+    @property
+    def suffix(self) -> str:
+        """How a condition's directory is named for another DPO seed (``oracle-seed1``)."""
+        return f"-seed{self.dpo_seed}" if self.dpo_seed else ""
+
+    @property
+    def comparison_name(self) -> str:
+        return f"comparison{self.suffix}"
 
 
 def dpo_settings(size: PipelineSize) -> Any:
@@ -413,7 +423,7 @@ def dpo_settings(size: PipelineSize) -> Any:
         gradient_accumulation=1,
         save_steps=50,
         logging_steps=10,
-        seed=size.seed,
+        seed=size.dpo_seed,
     )
 
 
@@ -470,7 +480,7 @@ def train_on_feedback(
     if result_path.is_file():
         return json.loads(result_path.read_text())
     rows = read_feedback(annotated)
-    pairs, stats = build_pairs(rows, pairing, seed=size.seed)
+    pairs, stats = build_pairs(rows, pairing, seed=size.dpo_seed)
     train, held_out = split_pairs(pairs)
     _json(out / "pairs.json", {"stats": stats.to_dict(), "train": len(train), "held_out": len(held_out)})
     started = time.time()
@@ -686,12 +696,13 @@ def compare_annotators(
         notes_path = out / f"annotation.{condition}.json"
         if notes_path.is_file():  # what annotating took, kept for reruns that reuse the annotations
             report |= json.loads(notes_path.read_text())
-        summary = train_on_feedback(out / condition, annotated, pairing, size, base, before, progress)
+        run_dir = out / f"{condition}{size.suffix}"
+        summary = train_on_feedback(run_dir, annotated, pairing, size, base, before, progress)
         summary["agreement_with_oracle"] = label_agreement(
             read_feedback(annotated), read_feedback(oracle_file), pairing
         )
         report["conditions"][condition] = summary
-        _json(out / "comparison.json", report)
+        _json(out / f"{size.comparison_name}.json", report)
     return report
 
 
@@ -774,11 +785,11 @@ def after_items(out: Path, condition: str, size: PipelineSize) -> dict[str, list
     saved model for runs made before it saved them)."""
     from headvec.models import load
 
-    path = out / condition / "eval_after.json"
+    path = out / f"{condition}{size.suffix}" / "eval_after.json"
     if not path.is_file():
         _json(
             path,
-            evaluate_hallucination(load(out / condition / "dpo" / "model", device="cpu"), size.eval_items),
+            evaluate_hallucination(load(path.parent / "dpo" / "model", device="cpu"), size.eval_items),
         )
     return json.loads(path.read_text())
 
