@@ -68,7 +68,9 @@ if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-mi
     $hv remiss attack --method "$method" --no-progress
     $hv remiss eval --method "$method" --no-progress
   done
-  $hv remiss backdoor
+  $hv remiss backdoor --control runs/remiss/aligned/dpo/model
+  mkdir -p docs/remiss
+  cp runs/remiss/{backdoor.json,policies.json} runs/remiss/logs/default_attack.txt docs/remiss/
   $hv regap score runs/remiss/aligned/dpo/model toy --out docs/remiss/regap_test.jsonl
   $hv regap score runs/remiss/aligned/dpo/model toy --score reweighted --policy-weight 150 \
     --out docs/remiss/regap_test_official.jsonl
