@@ -136,6 +136,15 @@ def write_report(
             + ", ".join(f"{r['candidate']} ({r['delta']:.1f})" for r in scan["ranking"][:5])
             + ".",
         ]
+        if "ranking_vs_control" in scan:
+            result["backdoor"]["top10_vs_control"] = scan["ranking_vs_control"][:10]
+            lines += [
+                "",
+                f"Ranked by the change minus the clean aligned policy's change on the same prompts "
+                f"(`--control`): rank **{scan['trigger_rank_vs_control']}**. Top five: "
+                + ", ".join(f"{r['candidate']} ({r['delta']:.1f})" for r in scan["ranking_vs_control"][:5])
+                + ".",
+            ]
     if policies_json is not None and policies_json.is_file():
         policies = json.loads(policies_json.read_text())
         result["policies"] = policies
