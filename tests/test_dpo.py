@@ -107,11 +107,12 @@ def test_rerun_with_other_settings_into_the_same_directory_is_refused(trained, t
         train_dpo("toy", rows[:3], tmp_path, DPOSettings(max_steps=1, **FAST), progress=False)
 
 
-def test_a_row_without_its_image_is_one_line():
+def test_a_row_without_its_image_is_one_line(tmp_path):
     rows = hallucination_rows(2)
     rows[1].image = None
     with pytest.raises(HeadvecError, match=r"preference row 1 \(p1\) has no image"):
-        train_dpo("toy", rows, "unused-dir-never-written", DPOSettings(max_steps=1, **FAST), progress=False)
+        train_dpo("toy", rows, tmp_path / "run", DPOSettings(max_steps=1, **FAST), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_settings_are_checked():

@@ -205,12 +205,12 @@ def train_dpo(
         "rows": len(rows),
         "rows_digest": rows_digest(rows),
     }
+    dataset = _dataset(rows, loaded.is_multimodal)  # bad rows are refused before anything is written
     _check_run_dir(output_dir, record)
     if result_path.is_file() and (output_dir / MODEL_DIR / "config.json").is_file():
         done = json.loads(result_path.read_text())
         return DPOResult(output_dir / MODEL_DIR, done["steps"], done["resumed_from"], done["log_history"])
 
-    dataset = _dataset(rows, loaded.is_multimodal)
     peft_config = None
     if settings.lora:
         peft = require("peft", extra="trl")
