@@ -189,9 +189,8 @@ class EndpointGenerator:
 
     def generate(self, requests: Sequence[tuple[str, Any]], max_new_tokens: int) -> list[str]:
         self.client.max_tokens = max_new_tokens
-        ask = getattr(self.client, "chat", None) or self.client._chat  # OpenAIJudge: one user message
         with ThreadPoolExecutor(max_workers=getattr(self.client, "concurrency", 1)) as pool:
-            outputs = pool.map(lambda request: ask(request[0], request[1], 0), requests)
+            outputs = pool.map(lambda request: self.client.chat(request[0], request[1], 0), requests)
             return [output.strip() for output in outputs]
 
 
