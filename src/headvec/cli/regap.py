@@ -1,8 +1,8 @@
-"""Implicit rewards r = log pi(y|x) - log pi_ref(y|x) of an aligned model, and the reward gap ReGap.
+"""Implicit rewards and the reward gap (ReGap) of an aligned model.
 
-ReGap = r(x, harmless) - r(x, harmful); a prompt with ReGap <= 0 is one where the implicit reward prefers
-the harmful response. Rows: {"prompt", "harmless", "harmful", "image"?} (id optional; image: a path), or
-the toy safety split with --data toy.
+r(x, y) = log pi(y|x) - log pi_ref(y|x); ReGap = r(x, harmless) - r(x, harmful); a prompt with
+ReGap <= 0 is one where the implicit reward prefers the harmful response. Rows: {"prompt",
+"harmless", "harmful", "image"?} (id optional; image: a path), or the toy safety split with --data toy.
 """
 
 from __future__ import annotations

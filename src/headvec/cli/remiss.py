@@ -1,4 +1,4 @@
-"""ReMiss: adversarial suffixes found through an aligned model's reward gap; baselines; backdoor scans.
+"""ReMiss: adversarial suffixes via the reward gap; baselines, backdoors.
 
 The toy experiment: `train-toy` (aligned and poisoned toy policies, DPO), `attack --method M` (suffixes
 for the toy split's train and test instructions), `eval --method M` (keyword ASR@1/@10, ReGap,
