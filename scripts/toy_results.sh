@@ -78,4 +78,7 @@ if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-mi
   $hv remiss eval --score reweighted --policy-weight 150 --out runs/remiss/attacks-official --no-progress
   $hv remiss report --out docs/remiss
   $hv remiss report --runs runs/remiss/attacks-official --out docs/remiss/official
+  $hv remiss attack --readability 0 --out runs/remiss/attacks-noread --no-progress
+  $hv remiss eval --readability 0 --out runs/remiss/attacks-noread --no-progress
+  $hv remiss report --runs runs/remiss/attacks-noread --out docs/remiss/no-readability
 fi
