@@ -285,6 +285,7 @@ def test_online_loop_runs_and_writes_its_curve(pointmass_data, tmp_path, method)
     assert samples[0] == 0 and samples[-1] >= 150 and samples == sorted(samples)
     saved = json.loads((tmp_path / method / "curve.json").read_text())
     assert saved["method"] == method and len(saved["curve"]) == len(samples)
+    assert (tmp_path / method / "finetuned.safetensors").exists()
 
 
 def test_offline_pretraining_resumes_to_the_same_weights(pointmass_data, tmp_path):

@@ -552,6 +552,21 @@ def run(
     bar.close()
     if curve[-1]["samples"] != samples:
         record(samples, curve)
+    from safetensors.torch import save_file
+
+    # the fine-tuned policy, to inspect or roll out again (the offline model stays in pretrain/)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "finetuned.safetensors"))
+    (out / "finetuned.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "method": method,
+                "samples": samples,
+            }
+        )
+    )
     return {"curve": curve, "model": model}
 
 
