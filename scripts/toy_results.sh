@@ -81,4 +81,9 @@ if want remiss; then  # ReGap / ReMiss on the aligned toy policy (docs/reward-mi
   $hv remiss attack --readability 0 --out runs/remiss/attacks-noread --no-progress
   $hv remiss eval --readability 0 --out runs/remiss/attacks-noread --no-progress
   $hv remiss report --runs runs/remiss/attacks-noread --out docs/remiss/no-readability
+  for method in remiss advprompter gcg random; do  # a larger search budget: 8 tokens x 16 candidates
+    $hv remiss attack --method "$method" --suffix-tokens 8 --top-k 16 --out runs/remiss/attacks-s8k16 --no-progress
+    $hv remiss eval --method "$method" --suffix-tokens 8 --top-k 16 --out runs/remiss/attacks-s8k16 --no-progress
+  done
+  $hv remiss report --runs runs/remiss/attacks-s8k16 --out docs/remiss/s8k16
 fi
