@@ -337,8 +337,10 @@ def pdt_compare(
     preset: str = "cpu",
     dataset: str = "replay",
     progress: bool = True,
+    future_alignment: str = "repo",
 ) -> dict[str, Any]:
-    """Pretrain on ``{dataset}.npz`` (rewards unused by PDT), fine-tune online; SAC learns from scratch."""
+    """Pretrain on ``{dataset}.npz`` (rewards unused by PDT), fine-tune online; SAC learns from scratch.
+    ``future_alignment``: PDT's index alignment ("repo" or "per-step", see :mod:`headvec.rl.pdt`)."""
     from headvec.rl.pdt import TrainConfig, run, sac_from_scratch
 
     if preset not in PDT_PRESETS:
@@ -376,7 +378,12 @@ def pdt_compare(
                     return_warmup_updates=p.return_warmup,
                     seed=seed,
                 )
-                model = {"context": p.context, "future_len": p.future_len, "d_model": p.d_model}
+                model = {
+                    "context": p.context,
+                    "future_len": p.future_len,
+                    "d_model": p.d_model,
+                    "future_alignment": future_alignment,
+                }
                 run(method, data, run_dir, cfg, model, references, progress=progress)
             (run_dir / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
     return summarise_pdt(out, methods, seeds)
