@@ -248,12 +248,21 @@ def compare_pdt(
     seeds: str = "0,1,2",
     preset: Annotated[str, typer.Option(help="tiny or cpu.")] = "cpu",
     dataset: Annotated[str, typer.Option(help="Which offline dataset to pretrain on.")] = "replay",
+    future_alignment: Annotated[
+        str, typer.Option(help="PDT index alignment: repo (the official code) or per-step (the paper).")
+    ] = "repo",
 ) -> None:
     """PDT vs ODT (and its offline-only DT) vs SAC from scratch: normalised score against online samples."""
     from headvec.rl.experiments import pdt_compare
 
     _one_thread()
     pdt_compare(
-        data_dir, out, _names(methods, ("pdt", "odt", "sac"), "methods"), _seeds(seeds), preset, dataset
+        data_dir,
+        out,
+        _names(methods, ("pdt", "odt", "sac"), "methods"),
+        _seeds(seeds),
+        preset,
+        dataset,
+        future_alignment=future_alignment,
     )
     console.print((out / "summary.md").read_text())
