@@ -32,7 +32,7 @@ LABELS = {
     "feedback": "feedback (VLFeedback pools, annotators, pairs)",
     "alignment": "alignment (DPO through TRL)",
     "rewards": "rewards (protocols, judges, runner)",
-    "methods": "methods (SAV, MTV, head search)",
+    "methods": "methods (SAV, MTV, head search, CCoT, IC, LSAR)",
     "redteam": "redteam (ReMiss suffixes, backdoor scan)",
     "testing": "testing (tiny models)",
     "rl": "rl (offline-RL pretraining: CurrMask, PDT)",
