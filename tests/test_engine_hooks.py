@@ -104,9 +104,9 @@ def _jamba(vocab_size: int):
     from transformers import JambaConfig, JambaForCausalLM
 
     config = JambaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
-        expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
+        expert_layer_period=2, expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
     )  # fmt: skip
     return JambaForCausalLM(config)
 
@@ -115,8 +115,9 @@ def _mllama_text(vocab_size: int):
     from transformers import MllamaForCausalLM, MllamaTextConfig
 
     config = MllamaTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, cross_attention_layers=[1], pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1], pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
     return MllamaForCausalLM(config)
 

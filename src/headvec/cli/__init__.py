@@ -42,7 +42,11 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     "toyworld": ("headvec.cli.toyworld", "app", "The toy world: data, and the small LLaVA trained on it."),
     "rl": ("headvec.cli.rl", "app", "Offline-RL pretraining: MuJoCo datasets, CurrMask, PDT."),
     "regap": ("headvec.cli.regap", "app", "Implicit rewards and the reward gap (ReGap) of an aligned model."),
-    "remiss": ("headvec.cli.remiss", "app", "ReMiss: adversarial suffixes via the reward gap; baselines, backdoors."),
+    "remiss": (
+        "headvec.cli.remiss",
+        "app",
+        "ReMiss: adversarial suffixes via the reward gap; baselines, backdoors.",
+    ),
     "feedback": (
         "headvec.cli.feedback",
         "app",
