@@ -106,7 +106,8 @@ def _jamba(vocab_size: int):
     config = JambaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
-        expert_layer_period=2, expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2, use_mamba_kernels=False,
+        expert_layer_period=2, expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_expand=2,
+        use_mamba_kernels=False,
     )  # fmt: skip
     return JambaForCausalLM(config)
 
