@@ -91,40 +91,14 @@ def currmask_compare(
             started = time.perf_counter()
             if method == "random":  # the floor: uniform random actions from the same states and prompts
                 planner, meta = RandomActions(a_dim, p.horizon, seed), {"log": {"probe": []}}
-                env = make_env(env_id, seed=seed, max_steps=train.meta.get("max_steps"))
-                prompts = skill_prompting(
-                    planner,
-                    env,
-                    expert,
-                    context=p.context,
-                    horizon=p.prompt_horizon,
-                    n_prompts=p.n_prompts,
-                    seed=1000 + seed,
+            else:
+                model_config = MaskedModelConfig(s_dim, a_dim, horizon=p.horizon, d_model=p.d_model)
+                config = PretrainConfig(
+                    curriculum=method, steps=p.steps, batch_size=p.batch_size, interval=p.interval, seed=seed
                 )
-                goals = goal_planning(
-                    planner,
-                    env,
-                    expert,
-                    n_goals=p.n_goals,
-                    gap=p.goal_gap,
-                    n_trials=p.n_goal_trials,
-                    seed=2000 + seed,
-                )
-                result_path.parent.mkdir(parents=True, exist_ok=True)
-                result_path.write_text(
-                    json.dumps(
-                        _currmask_result(method, seed, env_id, preset, prompts, goals, meta, started),
-                        indent=1,
-                    )
-                )
-                continue
-            model_config = MaskedModelConfig(s_dim, a_dim, horizon=p.horizon, d_model=p.d_model)
-            config = PretrainConfig(
-                curriculum=method, steps=p.steps, batch_size=p.batch_size, interval=p.interval, seed=seed
-            )
-            pretrain(train, run_dir, config, model_config, progress=progress)
-            model, meta = load_pretrained(run_dir)
-            planner = Planner(model, meta["state_mean"], meta["state_std"])
+                pretrain(train, run_dir, config, model_config, progress=progress)
+                model, meta = load_pretrained(run_dir)
+                planner = Planner(model, meta["state_mean"], meta["state_std"])
             env = make_env(env_id, seed=seed, max_steps=train.meta.get("max_steps"))
             prompts = skill_prompting(
                 planner,
@@ -145,6 +119,7 @@ def currmask_compare(
                 seed=2000 + seed,
             )
             result = _currmask_result(method, seed, env_id, preset, prompts, goals, meta, started)
+            result_path.parent.mkdir(parents=True, exist_ok=True)
             result_path.write_text(json.dumps(result, indent=1))
     return summarise_currmask(out, methods, seeds)
 
