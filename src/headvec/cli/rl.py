@@ -187,27 +187,13 @@ def finetune(
 ) -> None:
     """Pretrain offline, then fine-tune online (PDT: reward-free pretraining, return head online)."""
     from headvec.rl.data import TrajectoryDataset
-    from headvec.rl.experiments import PDT_PRESETS
-    from headvec.rl.pdt import TrainConfig, run
+    from headvec.rl.experiments import pdt_preset
+    from headvec.rl.pdt import run
 
-    if preset not in PDT_PRESETS:
-        raise HeadvecError(f"unknown preset {preset!r}; use one of {', '.join(PDT_PRESETS)}")
-    p = PDT_PRESETS[preset]
+    p = pdt_preset(preset)
     refs_path = dataset.parent / "references.json"
     references = json.loads(refs_path.read_text()) if refs_path.exists() else None
-    cfg = TrainConfig(
-        pretrain_steps=p.pretrain_steps,
-        batch_size=p.batch_size,
-        online_samples=p.online_samples,
-        online_warmup_samples=p.warmup_samples,
-        updates_per_iter=p.updates_per_iter,
-        eval_every_samples=p.eval_every,
-        eval_episodes=p.eval_episodes,
-        n_z_samples=p.n_z_samples,
-        return_warmup_updates=p.return_warmup,
-        seed=seed,
-    )
-    model = {"context": p.context, "future_len": p.future_len, "d_model": p.d_model}
+    cfg, model = p.train_config(seed), p.model_options()
     result = run(method, TrajectoryDataset.load(dataset), out, cfg, model, references)
     for row in result["curve"]:
         console.print(f"samples {row['samples']:>7}  return {row['return']:9.1f}  score {row['score']}")

@@ -296,6 +296,37 @@ class PDTPreset:
     d_model: int
     batch_size: int
 
+    def train_config(self, seed: int) -> Any:
+        """The :class:`headvec.rl.pdt.TrainConfig` of this preset."""
+        from headvec.rl.pdt import TrainConfig
+
+        return TrainConfig(
+            pretrain_steps=self.pretrain_steps,
+            batch_size=self.batch_size,
+            online_samples=self.online_samples,
+            online_warmup_samples=self.warmup_samples,
+            updates_per_iter=self.updates_per_iter,
+            eval_every_samples=self.eval_every,
+            eval_episodes=self.eval_episodes,
+            n_z_samples=self.n_z_samples,
+            return_warmup_updates=self.return_warmup,
+            seed=seed,
+        )
+
+    def model_options(self, future_alignment: str = "repo") -> dict[str, Any]:
+        return {
+            "context": self.context,
+            "future_len": self.future_len,
+            "d_model": self.d_model,
+            "future_alignment": future_alignment,
+        }
+
+
+def pdt_preset(name: str) -> PDTPreset:
+    if name not in PDT_PRESETS:
+        raise HeadvecError(f"unknown preset {name!r}; use one of {', '.join(PDT_PRESETS)}")
+    return PDT_PRESETS[name]
+
 
 PDT_PRESETS = {
     "tiny": PDTPreset(30, 200, 60, 3, 60, 1, 8, 3, 4, 4, 16, 16),
@@ -316,11 +347,9 @@ def pdt_compare(
 ) -> dict[str, Any]:
     """Pretrain on ``{dataset}.npz`` (rewards unused by PDT), fine-tune online; SAC learns from scratch.
     ``future_alignment``: PDT's index alignment ("repo" or "per-step", see :mod:`headvec.rl.pdt`)."""
-    from headvec.rl.pdt import TrainConfig, run, sac_from_scratch
+    from headvec.rl.pdt import run, sac_from_scratch
 
-    if preset not in PDT_PRESETS:
-        raise HeadvecError(f"unknown preset {preset!r}; use one of {', '.join(PDT_PRESETS)}")
-    p = PDT_PRESETS[preset]
+    p = pdt_preset(preset)
     data_dir, out = Path(data_dir), Path(out_dir)
     data = TrajectoryDataset.load(data_dir / f"{dataset}.npz")
     references = json.loads((data_dir / "references.json").read_text())
@@ -341,24 +370,7 @@ def pdt_compare(
                     max_steps=data.meta.get("max_steps"),
                 )
             else:
-                cfg = TrainConfig(
-                    pretrain_steps=p.pretrain_steps,
-                    batch_size=p.batch_size,
-                    online_samples=p.online_samples,
-                    online_warmup_samples=p.warmup_samples,
-                    updates_per_iter=p.updates_per_iter,
-                    eval_every_samples=p.eval_every,
-                    eval_episodes=p.eval_episodes,
-                    n_z_samples=p.n_z_samples,
-                    return_warmup_updates=p.return_warmup,
-                    seed=seed,
-                )
-                model = {
-                    "context": p.context,
-                    "future_len": p.future_len,
-                    "d_model": p.d_model,
-                    "future_alignment": future_alignment,
-                }
+                cfg, model = p.train_config(seed), p.model_options(future_alignment)
                 run(method, data, run_dir, cfg, model, references, progress=progress)
             (run_dir / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
     return summarise_pdt(out, methods, seeds)
