@@ -15,6 +15,7 @@ from headvec.toyworld.evaluate import detokenize_json
 from headvec.toyworld.language import translate
 from headvec.toyworld.model import build_processor
 from headvec.toyworld.train import (
+    Conversation,
     TrainConfig,
     accumulate_gradients,
     as_conversation,
@@ -67,7 +68,8 @@ def test_judge_items_ask_the_middle_layer_for_the_gold_answer_at_the_candidate(l
     items = make_judge(random.Random(2), 60, language)
     assert {i.meta["label"] for i in items} == {"yes", "no"}
     for item in items:
-        input_ids, labels, aux_labels = encode_conversation(tokenizer, as_conversation(item))
+        conversation = as_conversation(item)
+        input_ids, labels, aux_labels = encode_conversation(tokenizer, conversation)
         targets = [(i, t) for i, t in enumerate(aux_labels) if t != -100]
         gold_ids = tokenizer(translate(item.meta["gold"], language), add_special_tokens=False)["input_ids"]
         candidate_ids = tokenizer(item.candidate, add_special_tokens=False)["input_ids"]
@@ -88,7 +90,8 @@ def test_the_verify_phase_asks_for_the_verdict_right_after_the_candidate(languag
         candidate = tokenizer(item.candidate, add_special_tokens=False)["input_ids"]
         gold = tokenizer(translate(item.meta["gold"], language), add_special_tokens=False)["input_ids"]
         plain_ids, plain_labels, _ = encode_conversation(tokenizer, as_conversation(item))
-        input_ids, labels, aux = encode_conversation(tokenizer, as_conversation(item, verify=True))
+        verified = as_conversation(item, verify=True)
+        input_ids, labels, aux = encode_conversation(tokenizer, verified)
         assert input_ids == plain_ids
         extra = [i for i, (a, b) in enumerate(zip(plain_labels, labels, strict=True)) if a != b]
         assert len(extra) == 1  # one extra target, the verdict, where the candidate ends
@@ -109,7 +112,8 @@ def test_the_verify_phase_asks_yes_no_questions_for_their_intermediate_fact(lang
     items = make_vqa(random.Random(5), 24, language, qtypes=("exist", "relation_yesno"))
     assert {"yes", "no"} == {i.meta["label"] for i in items}
     for item in items:
-        input_ids, _, aux = encode_conversation(tokenizer, as_conversation(item, verify=True))
+        conversation = as_conversation(item, verify=True)
+        input_ids, _, aux = encode_conversation(tokenizer, conversation)
         targets = [(i, t) for i, t in enumerate(aux) if t != -100]
         if "hint" not in item.meta:  # an existence question whose object is absent: nothing to look up
             assert item.meta["qtype"] == "exist" and item.meta["label"] == "no"
@@ -198,6 +202,110 @@ def test_the_verify_phase_restarts_the_learning_rate_and_turns_the_hints_on():
     assert {c.verdict for c in judged} == {None} and None not in {c.verdict for c in verified}
 
 
+def test_relation_questions_name_each_operand_with_its_coordinate_on_the_asked_axis():
+    from headvec.toyworld.scenes import Obj, Scene
+    from headvec.toyworld.tasks import Question, position_hints
+
+    circle, square = Obj("circle", "red", "small", 0, 0), Obj("square", "blue", "large", 0, 2)
+    star = Obj("triangle", "green", "small", 2, 2)
+    scene = Scene((circle, square, star))
+
+    def ask(qtype, relation, focus):
+        return Question(scene=scene, qtype=qtype, question="?", answer="?", focus=focus, relation=relation)
+
+    assert position_hints(ask("relation_yesno", "left of", (0, 1))) == [
+        ["the circle", "left"],
+        ["the square", "right"],
+    ]
+    assert position_hints(ask("relation_yesno", "below", (2, 1))) == [
+        ["the triangle", "bottom"],
+        ["the square", "top"],
+    ]
+    # "what is left of the square": only the anchor is named in the question
+    assert position_hints(ask("relation", "left of", (0, 1))) == [["the square", "right"]]
+    assert position_hints(ask("color", None, (0,))) == []
+
+
+def test_position_hints_are_read_where_both_the_name_and_the_relation_are_known():
+    """``is X left of Y``: X's column is asked at ``of`` (at X the axis is still unknown), Y's at Y."""
+    tokenizer = build_processor().tokenizer
+    token_ids = tokenizer("left right center top bottom", add_special_tokens=False)["input_ids"]
+    left, right, center, top, bottom = token_ids
+
+    def predicted_at(
+        text: str, hints: list[tuple[str, str]], relation: str, lookup: str | None = None
+    ) -> list[tuple[str, int]]:
+        conversation = Conversation(
+            turns=[(1, text, "yes")], images=[], position_hints=hints, relation=relation, lookup_hint=lookup
+        )
+        input_ids, _, aux = encode_conversation(tokenizer, conversation)
+        words = tokenizer.convert_ids_to_tokens(input_ids)
+        return [(words[i - 1], t) for i, t in enumerate(aux) if t != -100]
+
+    hints = [("the circle", "left"), ("the red square", "right")]
+    assert predicted_at("is the circle left of the red square ?", hints, "left of") == [
+        ("of", left),
+        ("square", right),
+    ]
+    assert predicted_at("what is above the cross ?", [("the cross", "bottom")], "above") == [
+        ("cross", bottom)
+    ]
+    # the verify phase's true relation, asked at the last word, moves on to the "?" when Y's hint has it
+    assert predicted_at("is the circle left of the red square ?", hints, "left of", lookup="left")[1:] == [
+        ("square", right),
+        ("?", left),
+    ]
+    # two names read before the relation: the second hint moves on to the next token
+    both_first = predicted_at(
+        "the circle the cross above ?", [("the circle", "top"), ("the cross", "center")], "above"
+    )
+    assert both_first == [("above", top), ("?", center)]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_relation_questions_carry_position_hints_only_when_asked(language):
+    tokenizer = build_processor().tokenizer
+    items = make_vqa(random.Random(2), 12, language, qtypes=("relation", "relation_yesno"))
+    for item in items:
+        plain = encode_conversation(tokenizer, as_conversation(item))[2]
+        _, _, aux = encode_conversation(tokenizer, as_conversation(item, positions=True))
+        added = sorted(t for i, t in enumerate(aux) if t != plain[i] and t != -100)
+        expected = sorted(
+            tokenizer(translate(word, language), add_special_tokens=False)["input_ids"][0]
+            for _, word in item.meta["positions"]
+        )
+        assert added == expected
+    config = TrainConfig(steps=100, attribute_fraction=0.0, binding_fraction=0.0, position_hints=True)
+    assert any(c.position_hints for c in sample_batch(config, 0))
+    assert not any(c.position_hints for c in sample_batch(TrainConfig(steps=100), 0))
+
+
+def test_stage_one_targets_name_each_cell_and_optionally_where_it_is():
+    from headvec.toyworld.scenes import Obj, Scene
+    from headvec.toyworld.train import cell_targets
+
+    tokenizer = build_processor().tokenizer
+    scene = Scene((Obj("circle", "red", "small", 0, 1), Obj("square", "blue", "large", 2, 2)))
+    plain, placed = cell_targets(tokenizer, [scene]), cell_targets(tokenizer, [scene], positions=True)
+    assert plain.shape == (1, 9, 3) and placed.shape == (1, 9, 5)
+    assert tokenizer.convert_ids_to_tokens(placed[0, 1].tolist()) == [
+        "red",
+        "circle",
+        "small",
+        "top",
+        "center",
+    ]
+    assert tokenizer.convert_ids_to_tokens(placed[0, 8].tolist()) == [
+        "blue",
+        "square",
+        "large",
+        "bottom",
+        "right",
+    ]
+    assert tokenizer.convert_ids_to_tokens(placed[0, 3].tolist()) == ["<pad>"] * 3 + ["middle", "left"]
+    torch.testing.assert_close(plain, placed[..., :3])
+
+
 def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
     from headvec.toyworld.train import CHUNK_STEPS, _chunk_items
 
@@ -214,8 +322,12 @@ def test_the_stream_is_vqa_heavy_first_and_judge_heavy_later():
 TINY_RUN = dict(batch_size=4, hidden_size=32, n_layers=2, n_heads=2, aux_layer=1, align_steps=2)
 
 
-def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
-    config = TrainConfig(steps=4, verify_steps=2, judge_steps=1, checkpoint_every=10, **TINY_RUN)
+WHERE_OBJECTS_ARE = dict(align_positions=True, align_weight=0.5, position_hints=True)
+
+
+@pytest.mark.parametrize("options", [{}, WHERE_OBJECTS_ARE], ids=["shipped", "where-objects-are"])
+def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path, options):
+    config = TrainConfig(steps=4, verify_steps=2, judge_steps=1, checkpoint_every=10, **TINY_RUN, **options)
     whole = train(tmp_path / "whole", config, progress=False)
     assert train(tmp_path / "paused", config, until_step=2, progress=False) is None
     resumed = train(tmp_path / "paused", config, progress=False)
@@ -264,8 +376,13 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert not (killed / "model").exists()
-    resumed = train(killed, TrainConfig(**settings), progress=False)
-    whole = train(tmp_path / "whole", TrainConfig(**settings), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child: bit-equality needs the same reduction order
+    try:
+        resumed = train(killed, TrainConfig(**settings), progress=False)
+        whole = train(tmp_path / "whole", TrainConfig(**settings), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict
 from headvec.toyworld.language import NUMBERS, lexicon, tokenize_words, translate
 from headvec.toyworld.scenes import (
     COLORS,
+    COLUMNS,
     MAX_OBJECTS,
     PLURALS,
     RELATIONS,
+    ROWS,
     SHAPES,
     SIZES,
     Obj,
@@ -407,10 +409,35 @@ def lookup_hint(q: Question) -> str | None:
     return None
 
 
-def _question_item(task: str, q: Question, prompt: str, answer: str) -> Item:
-    meta = {"qtype": q.qtype, "label": q.answer}
+def position_hints(q: Question) -> list[list[str]]:
+    """For a relation question, each object it names with its coordinate on the asked relation's axis
+    (its column word for left / right, its row word for above / below), in English: the operands the
+    relation compares, for training's auxiliary loss. Empty for other questions."""
+    if q.qtype not in ("relation", "relation_yesno"):
+        return []
+    horizontal = q.relation in ("left of", "right of")
+    named = q.focus[1:] if q.qtype == "relation" else q.focus  # "what is left of X": only X is named
+    return [
+        [
+            short_name(q.scene.objects[k], q.scene),
+            COLUMNS[q.scene.objects[k].col] if horizontal else ROWS[q.scene.objects[k].row],
+        ]
+        for k in named
+    ]
+
+
+def _hints(q: Question) -> dict[str, Any]:
+    """The training-only intermediate facts of ``q`` (see :func:`lookup_hint`, :func:`position_hints`)."""
+    meta: dict[str, Any] = {}
     if (hint := lookup_hint(q)) is not None:
         meta["hint"] = hint
+    if positions := position_hints(q):
+        meta["positions"], meta["relation"] = positions, q.relation
+    return meta
+
+
+def _question_item(task: str, q: Question, prompt: str, answer: str) -> Item:
+    meta = {"qtype": q.qtype, "label": q.answer, **_hints(q)}
     return Item(task=task, scene=q.scene, prompt=prompt, answer=answer, meta=meta)
 
 
@@ -447,12 +474,19 @@ def make_scene_graph(rng: Rng, n: int, language: str = "en", *, split: str | Non
     return _finish(items, language)
 
 
-def make_cot(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Item]:
+def make_cot(
+    rng: Rng,
+    n: int,
+    language: str = "en",
+    *,
+    split: str | None = None,
+    qtypes: Sequence[str] = COT_QTYPES,
+) -> list[Item]:
     """Counting and relation questions + ``think step by step .`` -> a worked answer ending in the answer."""
     rng = as_rng(rng)
     items = [
         _question_item("cot", q, f"{q.question} {THINK}", chain_of_thought(q))
-        for q in ask_many(rng, n, COT_QTYPES, split)
+        for q in ask_many(rng, n, qtypes, split)
     ]
     return _finish(items, language)
 
@@ -461,13 +495,22 @@ def judge_prompt(question: str, candidate: str) -> str:
     return f"question : {question} answer : {candidate} . is the answer correct ?"
 
 
-def make_judge(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[JudgeItem]:
+def make_judge(
+    rng: Rng,
+    n: int,
+    language: str = "en",
+    *,
+    split: str | None = None,
+    qtypes: Sequence[str] = QTYPES,
+) -> list[JudgeItem]:
     """Question + candidate answer -> yes/no; half the candidates are plausible wrong answers."""
     rng = as_rng(rng)
     items = []
-    for q, label in zip(ask_many(rng, n, QTYPES, split), balanced(rng, n, ("yes", "no")), strict=True):
+    for q, label in zip(ask_many(rng, n, qtypes, split), balanced(rng, n, ("yes", "no")), strict=True):
         candidate = q.answer if label == "yes" else wrong_answer(rng, q)
         meta = {"qtype": q.qtype, "label": label, "gold": q.answer}
+        if positions := position_hints(q):
+            meta["positions"], meta["relation"] = positions, q.relation
         items.append(
             JudgeItem(
                 task="judge",

@@ -40,7 +40,7 @@ from headvec.toyworld.model import (
     build_processor,
     save_toy_model,
 )
-from headvec.toyworld.scenes import render, sample_scene
+from headvec.toyworld.scenes import COLUMNS, ROWS, Scene, render, sample_scene
 from headvec.toyworld.tasks import (
     YES_NO_QTYPES,
     JudgeItem,
@@ -92,10 +92,13 @@ JUDGE_MIXTURE = {
     "cot": 0.08,
     "scene_graph": 0.07,
 }
+RELATION_QTYPES = ("relation", "relation_yesno")
 GENERATORS = {
     "vqa": make_vqa,
     "attribute_vqa": partial(make_vqa, qtypes=("color", "shape", "size")),
     "yes_no_vqa": partial(make_vqa, qtypes=YES_NO_QTYPES),
+    "relation_vqa": partial(make_vqa, qtypes=RELATION_QTYPES),
+    "relation_judge": partial(make_judge, qtypes=RELATION_QTYPES),
     "judge": make_judge,
     "icl": make_icl,
     "cot": make_cot,
@@ -136,6 +139,10 @@ class TrainConfig:
     judge_steps: int = 3000
     judge_lr: float = 3e-4
     judge_mixture: dict[str, float] = field(default_factory=lambda: dict(JUDGE_MIXTURE))
+    # where objects are (off in the shipped recipe; docs/toyworld.md, "The shipped model"):
+    align_positions: bool = False  # stage 1 also teaches each image token its cell's row and column words
+    align_weight: float = 0.0  # stage 1's loss kept on in every later step (else position fades)
+    position_hints: bool = False  # relation questions' operand coordinates as auxiliary targets
 
     @property
     def total_steps(self) -> int:
@@ -154,6 +161,11 @@ class Conversation:
     has both its operands in one residual stream.
     ``lookup_hint``: the fact a yes/no question turns on (see :func:`~headvec.toyworld.tasks.lookup_hint`)
     is the auxiliary target at the question's last word.
+    ``position_hints``: (name, coordinate word) of each object a relation question names (see
+    :func:`~headvec.toyworld.tasks.position_hints`), and ``relation`` the relation it asks: the
+    coordinate is the auxiliary target at the first token where both the name and the relation have
+    been read (the asked axis is unknown at the first name of ``is X left of Y``), so both operands of
+    the comparison are looked up before the answer.
     """
 
     turns: list[tuple[int, str, str]]  # (number of images, user text, answer)
@@ -163,10 +175,13 @@ class Conversation:
     candidate_hint: tuple[str, str] | None = None
     verdict: str | None = None
     lookup_hint: str | None = None
+    position_hints: list[tuple[str, str]] = field(default_factory=list)
+    relation: str | None = None
 
 
-def as_conversation(item, verify: bool = False) -> Conversation:
-    """Any toy-world training item as a chat conversation (``verify``: with the targets of phases 4-5)."""
+def as_conversation(item, verify: bool = False, positions: bool = False) -> Conversation:
+    """Any toy-world training item as a chat conversation (``verify``: with the targets of phases 4-5;
+    ``positions``: with a relation question's position hints)."""
     if isinstance(item, Episode):
         shots = [*item.shots, item.query]
         return Conversation(
@@ -187,6 +202,13 @@ def as_conversation(item, verify: bool = False) -> Conversation:
         candidate_hint=hint,
         verdict=item.answer if verify and isinstance(item, JudgeItem) else None,
         lookup_hint=translate(lookup, item.language) if verify and lookup and item.task == "vqa" else None,
+        position_hints=[
+            (translate(name, item.language), translate(word, item.language))
+            for name, word in (item.meta.get("positions", []) if positions else [])
+        ],
+        relation=translate(item.meta["relation"], item.language)
+        if positions and "relation" in item.meta
+        else None,
     )
 
 
@@ -238,7 +260,8 @@ def sample_batch(config: TrainConfig, step: int) -> list[Conversation]:
     items = _chunk_items(config, step // CHUNK_STEPS)
     start = (step % CHUNK_STEPS) * config.batch_size
     verify = step >= config.steps
-    return [as_conversation(item, verify) for item in items[start : start + config.batch_size]]
+    batch = items[start : start + config.batch_size]
+    return [as_conversation(item, verify, config.position_hints) for item in batch]
 
 
 def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int], list[int], list[int]]:
@@ -269,14 +292,50 @@ def encode_conversation(tokenizer, conversation: Conversation) -> tuple[list[int
                     # answer and the candidate meet in one residual stream, where the verdict is asked
                     user_aux[start + 1 : start + 1 + min(len(gold), len(candidate))] = gold[: len(candidate)]
                     user_labels[end] = ids(conversation.verdict)[0]
+        taken = set()
+        if conversation.position_hints and conversation.relation:
+            for slot, word in _position_slots(user, conversation, ids):
+                user_aux[slot] = word
+                taken.add(slot)
         if conversation.lookup_hint is not None:
             marks = [i for i, token in enumerate(user) if token == ids("?")[0]]
-            if marks:
-                user_aux[marks[-1]] = ids(conversation.lookup_hint)[0]
+            if marks:  # one token later where a position hint has the slot: then it is asked at the "?"
+                slot = marks[-1] + (marks[-1] in taken)
+                user_aux[slot] = ids(conversation.lookup_hint)[0]
         input_ids += user + reply
         labels += user_labels + reply
         aux += user_aux + ([*reply[:-1], -100] if conversation.answer_hint else [-100] * len(reply))
     return input_ids, labels, aux
+
+
+def _position_slots(user: list[int], conversation: Conversation, ids) -> list[tuple[int, int]]:
+    """(label index, coordinate word id) of each position hint in a user turn: labels are read one token
+    earlier, so the label right after token ``t`` is predicted at ``t``; ``t`` is the later of the name's
+    last token and the relation's last token (first mentions: the question comes before any candidate),
+    moved on to the next free token where two hints would meet."""
+
+    def end_of(phrase: list[int]) -> int:
+        return next(
+            (
+                i + len(phrase) - 1
+                for i in range(len(user) - len(phrase) + 1)
+                if user[i : i + len(phrase)] == phrase
+            ),
+            -1,
+        )
+
+    relation_end = end_of(ids(conversation.relation))
+    slots: list[tuple[int, int]] = []
+    for name, word in conversation.position_hints:
+        name_end = end_of(ids(name))
+        if name_end < 0 or relation_end < 0:
+            continue
+        slot = max(name_end, relation_end) + 1
+        while slot in {s for s, _ in slots}:
+            slot += 1
+        if slot < len(user):
+            slots.append((slot, ids(word)[0]))
+    return slots
 
 
 def collate(processor, conversations: Sequence[Conversation]) -> dict[str, torch.Tensor]:
@@ -358,39 +417,58 @@ def accumulate_gradients(
     return loss_sum
 
 
+def cell_targets(tokenizer, scenes: Sequence[Scene], positions: bool = False) -> torch.Tensor:
+    """The words each image token should read as in stage 1, ``[images, IMAGE_TOKENS, 3 or 5]``: its
+    object's colour, shape and size (``<pad>`` for an empty cell), then with ``positions`` its cell's
+    row and column words."""
+    side = IMAGE_SIZE // PATCH_SIZE
+    targets = torch.full((len(scenes), IMAGE_TOKENS, 5 if positions else 3), tokenizer.pad_token_id)
+    if positions:
+        cells = torch.arange(IMAGE_TOKENS)
+        targets[..., 3] = torch.tensor(tokenizer.convert_tokens_to_ids(list(ROWS)))[cells // side]
+        targets[..., 4] = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLUMNS)))[cells % side]
+    for row, scene in enumerate(scenes):
+        for obj in scene.objects:
+            words = tokenizer.convert_tokens_to_ids([obj.color, obj.shape, obj.size])
+            targets[row, obj.row * side + obj.col, :3] = torch.tensor(words)
+    return targets
+
+
+def alignment_loss(model, processor, rng: random.Random, n_scenes: int, positions: bool) -> torch.Tensor:
+    """Stage 1's loss on ``n_scenes`` fresh training scenes: each image token, read through the (tied)
+    word embeddings, against each of its :func:`cell_targets` words (cross-entropies summed)."""
+    scenes = []
+    while len(scenes) < n_scenes:
+        scene = sample_scene(rng)
+        if scene.split == "train":
+            scenes.append(scene)
+    pixels = processor.image_processor(images=[render(s, IMAGE_SIZE) for s in scenes], return_tensors="pt")
+    features = model.model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
+    features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+    targets = cell_targets(processor.tokenizer, scenes, positions)
+    logits = (features @ model.get_input_embeddings().weight.T).flatten(0, 1)
+    return sum(
+        torch.nn.functional.cross_entropy(logits, targets[..., k].flatten()) for k in range(targets.shape[-1])
+    )
+
+
 def align_vision(model, processor, config: TrainConfig, progress: bool = True) -> None:
     """Stage 1, as LLaVA's connector pre-training: make each image token look like the words of its cell.
 
     Every grid cell's image token is trained to predict, through the (tied) word embeddings, the colour,
-    shape and size words of the object in it (``<pad>`` for an empty cell). Without this stage the
-    decoder stays at the answer prior for thousands of steps; with it, counting and attributes start
-    to be read from the image within a few hundred steps.
+    shape and size words of the object in it (``<pad>`` for an empty cell), and with
+    ``config.align_positions`` the cell's row and column words. Without this stage the decoder stays at
+    the answer prior for thousands of steps; with it, counting and attributes start to be read from the
+    image within a few hundred steps. The row and column words are the one place where the model is
+    told where a cell is: the decoder's rotary positions never enter the residual stream, and without
+    them the image tokens end up holding no position (a linear probe reads row and column at chance).
     """
-    tokenizer = processor.tokenizer
     embeddings = model.get_input_embeddings()
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
     optimizer = torch.optim.AdamW([*params, *embeddings.parameters()], lr=config.align_lr)
-    side = IMAGE_SIZE // PATCH_SIZE
     for step in tqdm(range(config.align_steps), desc="align", disable=not progress):
         rng = random.Random(f"toyworld-align/{config.seed}/{step}")
-        scenes = []
-        while len(scenes) < 64:
-            scene = sample_scene(rng)
-            if scene.split == "train":
-                scenes.append(scene)
-        pixels = processor.image_processor(
-            images=[render(s, IMAGE_SIZE) for s in scenes], return_tensors="pt"
-        )
-        features = model.model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
-        features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
-        targets = torch.full((len(scenes), IMAGE_TOKENS, 3), tokenizer.pad_token_id)
-        for row, scene in enumerate(scenes):
-            for obj in scene.objects:
-                words = tokenizer.convert_tokens_to_ids([obj.color, obj.shape, obj.size])
-                targets[row, obj.row * side + obj.col] = torch.tensor(words)
-        logits = (features @ embeddings.weight.T).flatten(0, 1)
-        loss = sum(torch.nn.functional.cross_entropy(logits, targets[..., k].flatten()) for k in range(3))
-        loss.backward()
+        alignment_loss(model, processor, rng, 64, config.align_positions).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -528,6 +606,11 @@ def train(
             config.aux_layer,
             config.aux_weight,
         )
+        if config.align_weight > 0:  # stage 1's loss kept on: without it the image tokens lose position
+            rng = random.Random(f"toyworld-align/{config.seed}/train/{step}")
+            kept = config.align_weight * alignment_loss(model, processor, rng, 32, config.align_positions)
+            kept.backward()
+            loss = loss + kept.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
