@@ -426,18 +426,16 @@ def position_hints(q: Question) -> list[list[str]]:
     ]
 
 
-def _hints(q: Question) -> dict[str, Any]:
-    """The training-only intermediate facts of ``q`` (see :func:`lookup_hint`, :func:`position_hints`)."""
-    meta: dict[str, Any] = {}
-    if (hint := lookup_hint(q)) is not None:
-        meta["hint"] = hint
-    if positions := position_hints(q):
-        meta["positions"], meta["relation"] = positions, q.relation
-    return meta
+def _position_meta(q: Question) -> dict[str, Any]:
+    """A relation question's :func:`position_hints` and the relation they are read against (else empty)."""
+    positions = position_hints(q)
+    return {"positions": positions, "relation": q.relation} if positions else {}
 
 
 def _question_item(task: str, q: Question, prompt: str, answer: str) -> Item:
-    meta = {"qtype": q.qtype, "label": q.answer, **_hints(q)}
+    meta = {"qtype": q.qtype, "label": q.answer, **_position_meta(q)}
+    if (hint := lookup_hint(q)) is not None:
+        meta["hint"] = hint
     return Item(task=task, scene=q.scene, prompt=prompt, answer=answer, meta=meta)
 
 
@@ -474,19 +472,12 @@ def make_scene_graph(rng: Rng, n: int, language: str = "en", *, split: str | Non
     return _finish(items, language)
 
 
-def make_cot(
-    rng: Rng,
-    n: int,
-    language: str = "en",
-    *,
-    split: str | None = None,
-    qtypes: Sequence[str] = COT_QTYPES,
-) -> list[Item]:
+def make_cot(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Item]:
     """Counting and relation questions + ``think step by step .`` -> a worked answer ending in the answer."""
     rng = as_rng(rng)
     items = [
         _question_item("cot", q, f"{q.question} {THINK}", chain_of_thought(q))
-        for q in ask_many(rng, n, qtypes, split)
+        for q in ask_many(rng, n, COT_QTYPES, split)
     ]
     return _finish(items, language)
 
@@ -508,9 +499,7 @@ def make_judge(
     items = []
     for q, label in zip(ask_many(rng, n, qtypes, split), balanced(rng, n, ("yes", "no")), strict=True):
         candidate = q.answer if label == "yes" else wrong_answer(rng, q)
-        meta = {"qtype": q.qtype, "label": label, "gold": q.answer}
-        if positions := position_hints(q):
-            meta["positions"], meta["relation"] = positions, q.relation
+        meta = {"qtype": q.qtype, "label": label, "gold": q.answer, **_position_meta(q)}
         items.append(
             JudgeItem(
                 task="judge",
