@@ -22,9 +22,14 @@ from transformers import AutoModelForImageTextToText
 
 from headvec.toyworld.model import build_processor
 from headvec.toyworld.tasks import make_judge, make_vqa
-from headvec.toyworld.train import GENERATORS, accumulate_gradients, alignment_loss, as_conversation, collate
-
-LANGUAGES = ("en", "xx", "yy", "zz")
+from headvec.toyworld.train import (
+    TrainConfig,
+    accumulate_gradients,
+    alignment_loss,
+    as_conversation,
+    collate,
+    sample_batch,
+)
 
 
 def held_out_sets() -> dict[str, list]:
@@ -59,30 +64,37 @@ def first_token_accuracy(model, processor, sets: dict[str, list]) -> dict[str, f
 def main(source: str, steps: int, out: str, mixture: dict[str, float]) -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     torch.manual_seed(0)
-    lr, align_weight = float(os.environ.get("LR", "3e-4")), float(os.environ.get("ALIGN_W", "0.2"))
+    lr = float(os.environ.get("LR", "3e-4"))
+    # the whole continuation is one phase 5 of `mixture`: verify and position targets on
+    config = TrainConfig(
+        steps=0,
+        verify_steps=0,
+        judge_steps=steps,
+        judge_mixture=mixture,
+        align_positions=True,
+        align_weight=float(os.environ.get("ALIGN_W", "0.2")),
+        position_hints=True,
+    )
     processor = build_processor()
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
     sets = held_out_sets()
     print(0, first_token_accuracy(model, processor, sets), flush=True)
-    keys = [(task, lang) for task in mixture for lang in LANGUAGES]
-    weights = [w for w in mixture.values() for _ in LANGUAGES]
     start = time.time()
     for step in range(steps):
-        rng = random.Random(f"pilot/{out}/{step}")
-        slots = rng.choices(keys, weights=weights, k=32)
-        items = []
-        for task, lang in sorted(set(slots)):
-            n = slots.count((task, lang))
-            items += GENERATORS[task](random.Random(rng.random()), n, lang, split="train")
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1, (step + 1) / 50)
-        conversations = [as_conversation(i, verify=True, positions=True) for i in items]
-        accumulate_gradients(model, processor, conversations, 2048, 4, 0.5)
-        if align_weight > 0:
-            (align_weight * alignment_loss(model, processor, rng, 32, True)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        batch = sample_batch(config, step)
+        accumulate_gradients(
+            model, processor, batch, config.micro_batch_tokens, config.aux_layer, config.aux_weight
+        )
+        if config.align_weight > 0:
+            rng = random.Random(f"toy-continue-pilot/align/{step}")
+            (config.align_weight * alignment_loss(model, processor, rng, 32, True)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % 250 == 0:
