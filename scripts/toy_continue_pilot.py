@@ -39,6 +39,7 @@ def held_out_sets() -> dict[str, list]:
         sets[f"{lang}_exist"] = make_vqa(random.Random(12), 64, lang, split="test", qtypes=("exist",))
         relation_yes_no = ("relation_yesno",)
         sets[f"{lang}_relyn"] = make_vqa(random.Random(13), 64, lang, split="test", qtypes=relation_yes_no)
+        sets[f"{lang}_relopen"] = make_vqa(random.Random(15), 64, lang, split="test", qtypes=("relation",))
         sets[f"{lang}_reljudge"] = make_judge(
             random.Random(14), 64, lang, split="test", qtypes=("relation", "relation_yesno")
         )
@@ -51,11 +52,12 @@ def first_token_accuracy(model, processor, sets: dict[str, list]) -> dict[str, f
     result = {}
     for name, items in sets.items():
         batch = collate(processor, [replace(as_conversation(i), answer_hint=False) for i in items])
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         labels = batch.pop("labels")[:, 1:]
         batch.pop("aux_labels")
         logits = model(**batch).logits[:, :-1]
         first = (labels != -100).float().argmax(1)
-        rows = torch.arange(len(items))
+        rows = torch.arange(len(items), device=model.device)
         result[name] = round((logits[rows, first].argmax(-1) == labels[rows, first]).float().mean().item(), 3)
     model.train()
     return result

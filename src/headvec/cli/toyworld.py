@@ -51,14 +51,18 @@ def train(
     ] = None,
     seed: int = 0,
     threads: ThreadsOpt = 0,
+    device: Annotated[
+        str, typer.Option(help="Where the model trains (the recipe's time budget is for cpu).")
+    ] = "cpu",
 ) -> None:
-    """Train the toy model on CPU from freshly generated data; kill and rerun the same command to resume."""
+    """Train the toy model from freshly generated data; kill and rerun the same command to resume."""
+    from headvec.models import resolve_device
     from headvec.toyworld.train import TrainConfig
     from headvec.toyworld.train import train as run_training
 
     set_threads(threads)
     config = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
-    model_dir = run_training(out, config)
+    model_dir = run_training(out, config, device=resolve_device(device))
     console.print(f"model saved to {model_dir}; training log in {out / 'train_log.json'}")
 
 

@@ -400,9 +400,10 @@ def accumulate_gradients(
     labels read after decoder layer ``aux_layer``. Per-conversation means keep one-word VQA answers
     from being drowned by the hundred-token scene graphs."""
     buckets = length_buckets(processor.tokenizer, conversations, max_tokens)
-    loss_sum = torch.zeros(())
+    device = model.device
+    loss_sum = torch.zeros((), device=device)
     for bucket in buckets:
-        batch = collate(processor, bucket)
+        batch = {key: value.to(device) for key, value in collate(processor, bucket).items()}
         labels = batch.pop("labels")[:, 1:]
         aux_labels = batch.pop("aux_labels")[:, 1:]
         use_aux = aux_layer > 0 and aux_weight > 0 and bool((aux_labels != -100).any())
@@ -443,9 +444,10 @@ def alignment_loss(model, processor, rng: random.Random, n_scenes: int, position
         if scene.split == "train":
             scenes.append(scene)
     pixels = processor.image_processor(images=[render(s, IMAGE_SIZE) for s in scenes], return_tensors="pt")
-    features = model.model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
+    pixel_values = pixels["pixel_values"].to(model.device)
+    features = model.model.get_image_features(pixel_values=pixel_values).pooler_output
     features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
-    targets = cell_targets(processor.tokenizer, scenes, positions)
+    targets = cell_targets(processor.tokenizer, scenes, positions).to(model.device)
     logits = (features @ model.get_input_embeddings().weight.T).flatten(0, 1)
     return sum(
         torch.nn.functional.cross_entropy(logits, targets[..., k].flatten()) for k in range(targets.shape[-1])
@@ -532,10 +534,12 @@ def train(
     *,
     until_step: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path | None:
     """Train (or resume) a toy model in ``out_dir``; the final model is saved to ``out_dir/model``.
 
     ``until_step`` pauses after that many steps (checkpointed; returns None): rerun to continue.
+    ``device``: where the model trains (the batches are generated on the CPU either way).
     """
     config = config or TrainConfig()
     if not 0 <= config.aux_layer < config.n_layers:
@@ -549,7 +553,7 @@ def train(
     processor = build_processor()
     model = build_model(
         build_config(processor.tokenizer, config.hidden_size, config.n_layers, config.n_heads)
-    )
+    ).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
     optimizer = torch.optim.AdamW(
