@@ -5,7 +5,8 @@
 
 Every 250 steps: first-answer-token accuracy on held-out scenes (en, xx) of the judge, existence,
 relation yes/no and relation judges. Verify and position targets on, the stage-1 loss kept (weight
-``ALIGN_W``, default 0.2), constant learning rate ``LR`` (default 3e-4) after 50 warm-up steps.
+``ALIGN_W``, default 0.2), constant learning rate ``LR`` (default 3e-4) after 50 warm-up steps, on
+``DEVICE`` (default cpu).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main(source: str, steps: int, out: str, mixture: dict[str, float]) -> None:
     )
     processor = build_processor()
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
-    model.train()
+    model.to(os.environ.get("DEVICE", "cpu")).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )

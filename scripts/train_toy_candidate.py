@@ -6,11 +6,11 @@ Resumable like `headvec toyworld train` (kill it, rerun the same command). Once 
 way meets the targets and is shipped, these settings become the `TrainConfig` defaults.
 
 This candidate is the shipped recipe (whose verify and judge phases form the existence and judge
-verdicts) with one change: the image tokens learn where they are (stage 1 with row and column words,
-kept on at weight 0.2, and the relation questions' position hints). Its phases are shortened by 1,400
-main steps so that the kept stage-1 loss fits the 120-minute budget. The two retrains that also
-changed the mixture (relations dense, side by side or in sequence) formed no verdict at all (the trial
-table), so this one isolates the position machinery.
+verdicts) with the image tokens taught where they are (stage 1 with row and column words, kept on at
+weight 0.2, and the relation questions' position hints), then a final phase with every verdict side by
+side (`FINAL_MIXTURE`): from a model whose other verdicts had formed, such batches formed relation
+yes/no in about 1,000 steps and kept the others (the trial table). The main, verify and judge phases
+are shortened to leave that phase and the kept stage-1 loss inside the 120-minute budget.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ import torch
 from headvec.toyworld.train import TrainConfig, train
 
 RECIPE = dict(
-    steps=6600,
+    steps=6400,
+    attribute_fraction=0.125,  # 800 steps of English colour / shape / size questions
+    binding_fraction=0.34,  # all VQA to step 2,176
+    verify_steps=2800,
+    judge_steps=2800,
+    final_steps=1400,
     align_steps=2000,
     align_positions=True,
     align_weight=0.2,  # 1.0 dominated the clipped update (colour 0.70 after phase 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -186,6 +187,12 @@ def test_the_verify_phase_restarts_the_learning_rate_and_turns_the_hints_on():
     config = TrainConfig(
         steps=1000, verify_steps=500, judge_steps=300, lr=1e-3, verify_lr=2e-4, judge_lr=3e-4, warmup_steps=20
     )
+    final = replace(config, final_steps=200, final_lr=5e-4)
+    assert config.total_steps == 1800 and final.total_steps == 2000
+    assert learning_rate(final, 1799) == pytest.approx(config.judge_lr * config.min_lr_ratio, rel=1e-2)
+    assert learning_rate(final, 1800) < learning_rate(final, 1819) == pytest.approx(final.final_lr)
+    assert learning_rate(final, 1999) == pytest.approx(final.final_lr * config.min_lr_ratio, rel=1e-2)
+    assert _phase(final, 1799)[0] == config.judge_mixture and _phase(final, 1800)[0] == final.final_mixture
     assert learning_rate(config, 999) == pytest.approx(config.lr * config.min_lr_ratio, rel=1e-3)
     assert learning_rate(config, 1000) < learning_rate(config, 1019) == pytest.approx(config.verify_lr)
     assert learning_rate(config, 1499) == pytest.approx(config.verify_lr * config.min_lr_ratio, rel=1e-2)

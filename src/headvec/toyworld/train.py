@@ -60,6 +60,8 @@ from headvec.toyworld.tasks import (
 # 4. ``verify_steps`` more at a fresh learning rate: every task, with the yes/no verdicts' intermediate
 #    facts as extra targets (see :class:`Conversation`), which the verdicts do not find on their own;
 # 5. ``judge_steps`` more at a fresh learning rate, judge-denser, the same targets.
+# 6. ``final_steps`` more (0: none) at a fresh learning rate, every verdict side by side: relation yes/no
+#    forms there once the others have (docs/toyworld.md), and the others are kept.
 ATTRIBUTE_MIXTURE = {"attribute_vqa": 1.0}
 BINDING_MIXTURE = {
     "vqa": 0.8,
@@ -83,6 +85,17 @@ VERIFY_MIXTURE = {
     "cot": 0.08,
     "caption": 0.02,
     "scene_graph": 0.07,
+}
+FINAL_MIXTURE = {
+    "relation_vqa": 0.27,
+    "relation_judge": 0.22,
+    "judge": 0.2,
+    "yes_no_vqa": 0.1,
+    "vqa": 0.08,
+    "icl": 0.04,
+    "cot": 0.05,
+    "scene_graph": 0.03,
+    "caption": 0.01,
 }
 JUDGE_MIXTURE = {
     "vqa": 0.15,
@@ -139,6 +152,9 @@ class TrainConfig:
     judge_steps: int = 3000
     judge_lr: float = 3e-4
     judge_mixture: dict[str, float] = field(default_factory=lambda: dict(JUDGE_MIXTURE))
+    final_steps: int = 0
+    final_lr: float = 3e-4
+    final_mixture: dict[str, float] = field(default_factory=lambda: dict(FINAL_MIXTURE))
     # where objects are (off in the shipped recipe; docs/toyworld.md, "The shipped model"):
     align_positions: bool = False  # stage 1 also teaches each image token its cell's row and column words
     align_weight: float = 0.0  # stage 1's loss kept on in every later step (else position fades)
@@ -146,7 +162,7 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.steps + self.verify_steps + self.judge_steps
+        return self.steps + self.verify_steps + self.judge_steps + self.final_steps
 
 
 @dataclass
@@ -225,7 +241,9 @@ def _phase(config: TrainConfig, step: int) -> tuple[dict[str, float], tuple[str,
         return config.mixture, config.languages
     if step < config.steps + config.verify_steps:
         return config.verify_mixture, config.languages
-    return config.judge_mixture, config.languages
+    if step < config.steps + config.verify_steps + config.judge_steps:
+        return config.judge_mixture, config.languages
+    return config.final_mixture, config.languages
 
 
 def _chunk_items(config: TrainConfig, chunk: int) -> list:
@@ -476,10 +494,13 @@ def align_vision(model, processor, config: TrainConfig, progress: bool = True) -
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak; the verify and judge phases
-    (steps from ``config.steps`` on) each have their own warm-up and decay from their own peak."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak; the verify, judge and final
+    phases (steps from ``config.steps`` on) each have their own warm-up and decay from their own peak."""
     peak, length = config.lr, config.steps
-    if step >= config.steps + config.verify_steps:
+    judged = config.steps + config.verify_steps + config.judge_steps
+    if step >= judged:
+        peak, length, step = config.final_lr, config.final_steps, step - judged
+    elif step >= config.steps + config.verify_steps:
         peak, length = config.judge_lr, config.judge_steps
         step -= config.steps + config.verify_steps
     elif step >= config.steps:
@@ -565,7 +586,9 @@ def train(
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
         wanted = json.loads(json.dumps(asdict(config)))
-        saved = state["config"]
+        # settings added since the checkpoint was made had their defaults then
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        saved = {**{k: v for k, v in defaults.items() if k not in state["config"]}, **state["config"]}
         extended = {**saved, "steps": wanted["steps"]} == wanted and wanted["steps"] > saved["steps"]
         if saved != wanted and not extended:
             raise HeadvecError(f"{checkpoint} was made with other settings; use a new --out directory")
