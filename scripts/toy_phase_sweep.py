@@ -64,11 +64,10 @@ def run_variant(checkpoint: Path, out: Path, name: str, overrides: dict, device:
         if step >= config.total_steps:
             break
         target = min(config.total_steps, (step // every + 1) * every)
-        if target >= config.total_steps:
-            train(run, config, progress=False, device=device)
-        else:
-            train(run, config, until_step=target, progress=False, device=device)
-        model = build_model(build_config(processor.tokenizer, 128, 8, 8))
+        pause = target if target < config.total_steps else None
+        train(run, config, until_step=pause, progress=False, device=device)
+        shape = (config.hidden_size, config.n_layers, config.n_heads)
+        model = build_model(build_config(processor.tokenizer, *shape))
         load_model(model, str(run / "checkpoint/model.safetensors"))
         scores = measure.first_token_accuracy(model.to(device), processor, sets)
         with open(out / "sweep.jsonl", "a") as log:

@@ -116,3 +116,15 @@ def test_bad_layer_option(tmp_path, tiny_model_dir):
         *run("extract", tiny_model_dir("llama"), data, "--out", tmp_path / "o", "--layers", "0,99"),
         "layers [99] do not exist",
     )
+
+
+def test_unknown_device(tmp_path):
+    code, output = run("toyworld", "train", "--out", tmp_path / "run", "--device", "gpu0")
+    assert_one_line_error(code, output, "unknown device 'gpu0'", "auto")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is not there")
+def test_gpu_asked_for_without_one(tmp_path, tiny_model_dir):
+    code, output = run("info", tiny_model_dir("qwen3"), "--device", "cuda")
+    assert_one_line_error(code, output, "no GPU", "--device cpu")

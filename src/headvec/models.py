@@ -296,6 +296,12 @@ def resolve_device(device: str | None = None) -> str:
     ``cpu``; anything else (``cpu``, ``cuda:1``, ``mps``) is used as given."""
     if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise HeadvecError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise HeadvecError(f"device {device!r} asked for, but torch sees no GPU here; use --device cpu")
     return device
 
 
