@@ -5,13 +5,14 @@
 Resumable like `headvec toyworld train` (kill it, rerun the same command). Once a model trained this
 way meets the targets and is shipped, these settings become the `TrainConfig` defaults.
 
-This candidate is the shipped recipe (whose verify and judge phases form the existence and judge
+This candidate is the shipped recipe's phases (whose verify and judge phases form the existence and judge
 verdicts) with the image tokens taught where they are (stage 1 with row and column words, kept on at
 weight 0.2, and the relation questions' position hints), then a final phase with every verdict side by
-side (`FINAL_MIXTURE`). The third candidate, the same with main / verify / judge / final phases of
-6,400 / 2,800 / 2,800 / 1,400 steps, formed the existence and judge verdicts but not yet relation yes/no,
-which 1,500 more such steps formed (the trial table); this one has the shipped main phase (8,000 steps)
-and a 3,000-step final phase, about 109 of the 120 minutes.
+side. Continuations of the third candidate (docs/toyworld.md, "Which final phase keeps the rest")
+showed that phase needs `FINAL_MIXTURE`'s relation share and every other skill replayed (attributes and
+counting decay when left out), so this sixth candidate's final phase has both: 3,200 steps after
+verify and judge phases of 2,400 and 2,200. Its first 6,400 steps are the third candidate's, step for
+step: 14,200 steps, about 96 minutes at the third candidate's measured phase times.
 """
 
 from __future__ import annotations
@@ -23,9 +24,24 @@ import torch
 from headvec.toyworld.train import TrainConfig, train
 
 RECIPE = dict(
-    verify_steps=2800,
-    judge_steps=2800,
-    final_steps=3000,
+    steps=6400,
+    attribute_fraction=0.125,
+    binding_fraction=0.34,
+    verify_steps=2400,
+    judge_steps=2200,
+    final_steps=3200,
+    final_mixture={  # FINAL_MIXTURE's relation share, every other skill replayed
+        "relation_vqa": 0.25,
+        "relation_judge": 0.2,
+        "judge": 0.15,
+        "yes_no_vqa": 0.08,
+        "vqa": 0.1,
+        "count_vqa": 0.06,
+        "cot": 0.1,
+        "scene_graph": 0.03,
+        "icl": 0.02,
+        "caption": 0.01,
+    },
     align_steps=2000,
     align_positions=True,
     align_weight=0.2,  # 1.0 dominated the clipped update (colour 0.70 after phase 1)

@@ -40,7 +40,8 @@ from headvec.toyworld import (
     vocabulary,
 )
 from headvec.toyworld.export import VLRB_FIELDS, VLRB_PREFIX
-from headvec.toyworld.scenes import RGB, Obj
+from headvec.toyworld.scenes import COLUMNS, RGB, ROWS, Obj
+from headvec.toyworld.tasks import make_positions
 
 N = 360  # items per task in the in-memory checks
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -482,3 +483,27 @@ def test_second_language_keeps_its_surface_rules(data):
     ]
     sg = make_scene_graph(random.Random(1), 1, "xx")[0].answer
     assert list(json.loads(sg)["objects"][0]) == ["id", "shape", "color", "size"]  # JSON keys stay English
+
+
+def test_position_items_say_where_each_object_is_and_translate_back():
+    items = make_positions(random.Random(3), 400, split="train")
+    listings = [i for i in items if i.prompt == "describe the scene ."]
+    lookups = [i for i in items if i.prompt.startswith("what is at ")]
+    assert len(listings) == len(lookups) == 200
+    for item in listings:
+        assert item.answer == " ".join(
+            f"the {o.color} {o.shape} is at {ROWS[o.row]} {COLUMNS[o.col]} ." for o in item.scene.objects
+        )
+    for item in lookups:
+        row, col = item.prompt.removeprefix("what is at ").removesuffix(" ?").split()
+        there = [o for o in item.scene.objects if (ROWS[o.row], COLUMNS[o.col]) == (row, col)]
+        assert item.answer == (f"the {there[0].color} {there[0].shape}" if there else "none")
+    empty = sum(i.answer == "none" for i in lookups) / len(lookups)
+    assert 0.15 < empty < 0.35  # one in four asks about an empty cell
+    for item in items[:40]:
+        for language in ("xx", "yy", "zz"):
+            moved = item.translate(language)
+            assert moved.prompt != item.prompt
+            back = (translate(moved.prompt, "en"), translate(moved.answer, "en"))
+            assert back == (item.prompt, item.answer)
+    assert all(i.scene.split == "train" for i in items)

@@ -16,6 +16,8 @@ from headvec.toyworld.evaluate import detokenize_json
 from headvec.toyworld.language import translate
 from headvec.toyworld.model import build_processor
 from headvec.toyworld.train import (
+    COUNT_QTYPES,
+    GENERATORS,
     Conversation,
     TrainConfig,
     accumulate_gradients,
@@ -269,6 +271,16 @@ def test_position_hints_are_read_where_both_the_name_and_the_relation_are_known(
     assert both_first == [("above", top), ("?", center)]
 
 
+def test_a_mixture_can_ask_for_counting_questions_or_position_items_alone():
+    config = TrainConfig(steps=0, verify_steps=0, judge_steps=0, final_steps=50)
+    counting = replace(config, final_mixture={"count_vqa": 1.0})
+    assert {i.meta["qtype"] for i in GENERATORS["count_vqa"](0, 60, "xx", split="train")} == set(COUNT_QTYPES)
+    texts = {turn[1] for c in sample_batch(counting, 0) if c.language == "en" for turn in c.turns}
+    assert texts and all(t.startswith("how many") for t in texts)
+    positions = sample_batch(replace(config, final_mixture={"positions": 1.0}), 0)
+    assert {c.turns[0][1] for c in positions if c.language == "en"} & {"describe the scene ."}
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_relation_questions_carry_position_hints_only_when_asked(language):
     tokenizer = build_processor().tokenizer
@@ -344,6 +356,20 @@ def test_paused_and_resumed_training_equals_an_uninterrupted_run(tmp_path, optio
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
     log = json.loads((tmp_path / "whole" / "train_log.json").read_text())["log"]
     assert log[0]["step"] == 0 and log[-1]["step"] == 6
+
+
+def test_a_resumed_run_logs_the_time_of_every_step_its_checkpoint_kept(tmp_path):
+    """The checkpoint holds the run's time at its step, not only the last log row's (50 steps older)."""
+    config = TrainConfig(steps=4, verify_steps=0, judge_steps=0, checkpoint_every=10, **TINY_RUN)
+    train(tmp_path / "run", config, until_step=2, progress=False)
+    state_file = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["seconds"] >= max(e["seconds"] for e in state["log"])
+    state["seconds"] = 1000.0  # planted: the time the kept steps took, beyond every logged row
+    state_file.write_text(json.dumps(state))
+    train(tmp_path / "run", config, progress=False)
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())["log"]
+    assert log[-1]["step"] == 3 and log[-1]["seconds"] >= 1000.0
 
 
 def test_a_finished_run_can_be_extended_but_not_changed(tmp_path):

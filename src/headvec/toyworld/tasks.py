@@ -51,6 +51,7 @@ YES_NO_QTYPES = ("exist", "relation_yesno")
 DESCRIBE = "describe the image ."
 SCENE_GRAPH_PROMPT = "give the scene graph ."
 THINK = "think step by step ."
+POSITIONS_PROMPT = "describe the scene ."
 FINAL = "so the answer is"
 
 Rng = random.Random | int
@@ -360,6 +361,11 @@ def wrong_answer(rng: random.Random, q: Question) -> str:
     return f"the {rng.choice([c for c in COLORS if c != o.color])} {o.shape}"
 
 
+def where_everything_is(scene: Scene) -> str:
+    """``the red cross is at middle left . the green circle is at middle right .`` (reading order)."""
+    return " ".join(f"{full_name(o)} is at {o.position} ." for o in scene.objects)
+
+
 def chain_of_thought(q: Question, answer: str | None = None) -> str:
     """A short worked answer ending in ``so the answer is X .`` (``answer`` overrides the conclusion)."""
     scene = q.scene
@@ -373,7 +379,7 @@ def chain_of_thought(q: Question, answer: str | None = None) -> str:
                 head, names = PLURALS[q.about], [o.color for o in hits]
             steps += f" {head} : {' , '.join(names) or 'none'} ."
     elif q.qtype in ("relation", "relation_yesno"):
-        steps = " ".join(f"{full_name(o)} is at {o.position} ." for o in scene.objects)
+        steps = where_everything_is(scene)
     else:
         raise ValueError(f"no chain of thought for {q.qtype!r} questions")
     return f"{steps} {FINAL} {answer or q.answer} ."
@@ -450,6 +456,31 @@ def make_vqa(
     """Short answers to attribute, counting, existence and relation questions (``qtypes`` balanced)."""
     rng = as_rng(rng)
     items = [_question_item("vqa", q, q.question, q.answer) for q in ask_many(rng, n, qtypes, split)]
+    return _finish(items, language)
+
+
+def make_positions(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Item]:
+    """Where the objects are, for training only (no evaluation asks it): half ``describe the scene .`` ->
+    every object's position in reading order (:func:`where_everything_is`, the relation chains' first
+    steps), half ``what is at middle left ?`` -> the object there (three in four ask about an occupied
+    cell) or ``none``. The scene graphs' relations and the relation chains need every position at once.
+    """
+    rng = as_rng(rng)
+    items = []
+    for i in range(n):
+        scene, _ = sample_in_split(rng, split, lambda r: (sample_scene(r), None))
+        if i % 2 == 0:
+            prompt, answer = POSITIONS_PROMPT, where_everything_is(scene)
+        else:
+            taken = {(o.row, o.col): o for o in scene.objects}
+            empty = [(r, c) for r in range(len(ROWS)) for c in range(len(COLUMNS)) if (r, c) not in taken]
+            occupied = not empty or rng.random() < 0.75
+            row, col = rng.choice(sorted(taken) if occupied else empty)
+            prompt = f"what is at {ROWS[row]} {COLUMNS[col]} ?"
+            answer = full_name(taken[row, col]) if occupied else "none"
+        items.append(
+            Item(task="positions", scene=scene, prompt=prompt, answer=answer, meta={"label": answer})
+        )
     return _finish(items, language)
 
 

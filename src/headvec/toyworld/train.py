@@ -47,6 +47,7 @@ from headvec.toyworld.tasks import (
     make_caption,
     make_cot,
     make_judge,
+    make_positions,
     make_scene_graph,
     make_vqa,
 )
@@ -106,17 +107,20 @@ JUDGE_MIXTURE = {
     "scene_graph": 0.07,
 }
 RELATION_QTYPES = ("relation", "relation_yesno")
+COUNT_QTYPES = ("count", "count_color", "count_shape")
 GENERATORS = {
     "vqa": make_vqa,
     "attribute_vqa": partial(make_vqa, qtypes=("color", "shape", "size")),
     "yes_no_vqa": partial(make_vqa, qtypes=YES_NO_QTYPES),
     "relation_vqa": partial(make_vqa, qtypes=RELATION_QTYPES),
+    "count_vqa": partial(make_vqa, qtypes=COUNT_QTYPES),
     "relation_judge": partial(make_judge, qtypes=RELATION_QTYPES),
     "judge": make_judge,
     "icl": make_icl,
     "cot": make_cot,
     "caption": make_caption,
     "scene_graph": make_scene_graph,
+    "positions": make_positions,  # training only: in no default mixture
 }
 
 
@@ -532,13 +536,19 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def save_checkpoint(directory: Path, model, optimizer, step: int, config: TrainConfig, log: list) -> None:
-    """Write to a temporary folder, then swap it in: a kill leaves the previous checkpoint whole."""
+def save_checkpoint(
+    directory: Path, model, optimizer, step: int, config: TrainConfig, log: list, seconds: float = 0.0
+) -> None:
+    """Write to a temporary folder, then swap it in: a kill leaves the previous checkpoint whole.
+
+    ``seconds`` is the run's wall time so far, so a resumed run's logged time counts every step kept.
+    """
     tmp = directory.with_name(directory.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / "model.safetensors"))
     _save_optimizer(optimizer, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(config), "log": log}))
+    state = {"step": step, "seconds": seconds, "config": asdict(config), "log": log}
+    (tmp / "state.json").write_text(json.dumps(state))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         directory.rename(old)
@@ -582,7 +592,7 @@ def train(
         lr=config.lr,
         betas=(0.9, 0.98),
     )
-    start, log = 0, []
+    start, log, saved_seconds = 0, [], 0.0
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
         wanted = json.loads(json.dumps(asdict(config)))
@@ -594,7 +604,7 @@ def train(
             raise HeadvecError(f"{checkpoint} was made with other settings; use a new --out directory")
         load_model(model, str(checkpoint / "model.safetensors"))
         _load_optimizer(optimizer, checkpoint / "optimizer.safetensors")
-        start, log = state["step"] + 1, state["log"]
+        start, log, saved_seconds = state["step"] + 1, state["log"], state.get("seconds", 0.0)
         if extended:  # the same settings, run longer: the learning-rate schedule follows the new length
             log.append(
                 {"step": start, "extended_from_steps": saved["steps"], "extended_to_steps": config.steps}
@@ -602,7 +612,8 @@ def train(
 
     model.train()
     started = time.perf_counter()
-    elapsed = max((e["seconds"] for e in log if "seconds" in e), default=0.0)  # earlier sessions of this run
+    # earlier sessions of this run (checkpoints made before "seconds" was saved: their last log entry)
+    elapsed = max([saved_seconds, *(e["seconds"] for e in log if "seconds" in e)])
 
     def seconds() -> float:
         return round(elapsed + time.perf_counter() - started, 1)
@@ -621,7 +632,7 @@ def train(
     for step in bar:
         if until_step is not None and step >= until_step:
             log.append({"step": step, "paused": True, "seconds": seconds()})
-            save_checkpoint(checkpoint, model, optimizer, step - 1, config, log)
+            save_checkpoint(checkpoint, model, optimizer, step - 1, config, log, seconds())
             return None
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -646,7 +657,7 @@ def train(
         if step % 50 == 0 or step == config.total_steps - 1:
             log.append({"step": step, "loss": round(running, 4), "seconds": seconds()})
         if (step + 1) % config.checkpoint_every == 0 or step == config.total_steps - 1:
-            save_checkpoint(checkpoint, model, optimizer, step, config, log)
+            save_checkpoint(checkpoint, model, optimizer, step, config, log, seconds())
     model.eval()
     save_toy_model(model, processor, out / "model")
     (out / "train_log.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=1))
