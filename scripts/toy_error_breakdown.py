@@ -43,6 +43,8 @@ def breakdown(model: str, n: int) -> dict[str, dict[str, int]]:
         try:
             got = json.loads(detokenize_json(answer))
         except json.JSONDecodeError:
+            got = None
+        if not isinstance(got, dict):  # as `headvec toyworld eval` counts it: a JSON list is not a graph
             graphs["invalid"] += 1
             continue
         graphs[f"objects_{len(gold['objects'])}_exact"] += got == gold

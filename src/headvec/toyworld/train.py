@@ -537,7 +537,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
 
 
 def save_checkpoint(
-    directory: Path, model, optimizer, step: int, config: TrainConfig, log: list, seconds: float = 0.0
+    directory: Path, model, optimizer, step: int, config: TrainConfig, log: list, seconds: float
 ) -> None:
     """Write to a temporary folder, then swap it in: a kill leaves the previous checkpoint whole.
 
