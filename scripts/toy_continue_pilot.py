@@ -104,6 +104,7 @@ def main(source: str, steps: int, out: str, mixture: dict[str, float]) -> None:
             seconds = round(time.time() - start)
             print(step + 1, seconds, first_token_accuracy(model, processor, sets), flush=True)
     model.save_pretrained(out)
+    processor.save_pretrained(out)  # so `headvec toyworld eval OUT` loads it
 
 
 if __name__ == "__main__":

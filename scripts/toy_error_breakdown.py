@@ -4,9 +4,10 @@
 
 On the first ``N`` (default 120) held-out English items of each task, as `headvec toyworld eval`
 generates them: scene-graph exact match by object count, the object list and the relation list
-checked apart (and relation triples missed or added), and chain-of-thought final answers and whole
-chains by question type; and the training-only position items (every object's position listed, the
-object at a named cell), which a model trained without them is not expected to answer.
+checked apart (and relation triples missed or added); chain-of-thought final answers and whole chains
+by question type (relation chains also against their step-by-step form, the `cot_steps` items); and
+the training-only position items (every object's position listed, the object at a named cell), which
+a model trained without them is not expected to answer.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 from headvec.engine import HeadEngine
 from headvec.models import load
 from headvec.toyworld.evaluate import _answers, detokenize_json
-from headvec.toyworld.export import generate
+from headvec.toyworld.export import derived_rng, generate
 from headvec.toyworld.model import IMAGE_SIZE
-from headvec.toyworld.tasks import POSITIONS_PROMPT, make_positions, parse_final_answer
+from headvec.toyworld.tasks import POSITIONS_PROMPT, make_cot, make_positions, parse_final_answer
 
 
 def breakdown(model: str, n: int) -> dict[str, dict[str, int]]:
@@ -56,11 +57,15 @@ def breakdown(model: str, n: int) -> dict[str, dict[str, int]]:
         graphs["relation_triples_missed"] += len(wanted - said)
         graphs["relation_triples_added"] += len(said - wanted)
     chains: Counter = Counter()
-    for item, answer in answers("cot", 80):
+    # the same questions with the relation chains written as steps (the `cot_steps` training items)
+    steps = make_cot(derived_rng(0, "cot", "test"), n, split="test", steps_for_relations=True)
+    for (item, answer), stepwise in zip(answers("cot", 80), steps, strict=True):
         qtype = item.meta["qtype"]
         chains[qtype] += 1
         chains[f"{qtype}_final_answer"] += parse_final_answer(answer) == parse_final_answer(item.answer)
         chains[f"{qtype}_chain_exact"] += answer == item.answer
+        if qtype.startswith("relation"):
+            chains[f"{qtype}_step_chain_exact"] += answer == stepwise.answer
     positions: Counter = Counter()
     for item, answer in answers("positions", 60):
         kind = "listing" if item.prompt == POSITIONS_PROMPT else "lookup"

@@ -10,9 +10,11 @@ verdicts) with the image tokens taught where they are (stage 1 with row and colu
 weight 0.2, and the relation questions' position hints), then a final phase with every verdict side by
 side. Continuations of the third candidate (docs/toyworld.md, "Which final phase keeps the rest")
 showed that phase needs `FINAL_MIXTURE`'s relation share and every other skill replayed (attributes and
-counting decay when left out), so this sixth candidate's final phase has both: 3,200 steps after
-verify and judge phases of 2,400 and 2,200. Its first 6,400 steps are the third candidate's, step for
-step: 14,200 steps, about 96 minutes at the third candidate's measured phase times.
+counting decay when left out), so this candidate's final phase has both, for 3,000 steps after the
+third candidate's verify and judge phases of 2,800 steps each (a sixth candidate with phases of 1,800,
+1,600 and 2,000 steps formed no relation yes/no, nor did 1,500 more final steps from its model). Its
+first 12,000 steps are the third candidate's, step for step: 15,000 steps, about 98 minutes at the
+third candidate's measured phase times.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ RECIPE = dict(
     steps=6400,
     attribute_fraction=0.125,
     binding_fraction=0.34,
-    verify_steps=2400,
-    judge_steps=2200,
-    final_steps=3200,
+    verify_steps=2800,
+    judge_steps=2800,
+    final_steps=3000,
     final_mixture={  # FINAL_MIXTURE's relation share, every other skill replayed
         "relation_vqa": 0.25,
         "relation_judge": 0.2,

@@ -41,7 +41,7 @@ from headvec.toyworld import (
 )
 from headvec.toyworld.export import VLRB_FIELDS, VLRB_PREFIX
 from headvec.toyworld.scenes import COLUMNS, RGB, ROWS, Obj
-from headvec.toyworld.tasks import make_positions
+from headvec.toyworld.tasks import Question, chain_of_thought, make_positions
 
 N = 360  # items per task in the in-memory checks
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -273,6 +273,38 @@ def test_chain_of_thought_ends_in_the_gold_answer(data):
         xx = item.translate("xx")
         assert parse_final_answer(xx.answer, "xx") == translate(gold, "xx")
     assert parse_final_answer("no conclusion here .") is None
+
+
+def test_relation_steps_write_both_positions_then_the_relation():
+    cross, circle = Obj("cross", "red", "small", 0, 0), Obj("circle", "green", "large", 0, 2)
+    scene = Scene(objects=(cross, circle))
+
+    def chain(qtype: str, question: str, answer: str, focus: tuple[int, int], **kwargs) -> str:
+        q = Question(scene=scene, qtype=qtype, question=question, answer=answer, focus=focus)
+        return chain_of_thought(q, **kwargs)
+
+    assert chain(
+        "relation_yesno", "is the circle left of the cross ?", "no", (1, 0), steps_for_relations=True
+    ) == (
+        "the green circle is at top right . the red cross is at top left . "
+        "the green circle is right of the red cross . so the answer is no ."
+    )
+    open_question = ("relation", "what is left of the circle ?", "the red cross", (0, 1))
+    assert chain(*open_question, steps_for_relations=True) == (  # the named object first
+        "the green circle is at top right . the red cross is at top left . "
+        "the red cross is left of the green circle . so the answer is the red cross ."
+    )
+    assert chain(*open_question) == (  # the default lists every object in reading order
+        "the red cross is at top left . the green circle is at top right . so the answer is the red cross ."
+    )
+
+
+def test_step_chains_end_in_the_gold_answer():
+    items = make_cot(random.Random(3), 60, steps_for_relations=True)
+    assert {item.meta["qtype"] for item in items} >= {"relation", "relation_yesno"}
+    for item in items:
+        question = item.prompt.removesuffix(" think step by step .")
+        assert parse_final_answer(item.answer) == oracle(item.scene, question)
 
 
 def test_judge_labels_are_balanced_and_true(data):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, Self
 
 from PIL import Image
@@ -366,8 +367,28 @@ def where_everything_is(scene: Scene) -> str:
     return " ".join(f"{full_name(o)} is at {o.position} ." for o in scene.objects)
 
 
-def chain_of_thought(q: Question, answer: str | None = None) -> str:
-    """A short worked answer ending in ``so the answer is X .`` (``answer`` overrides the conclusion)."""
+def relation_steps(q: Question) -> str:
+    """Where the two named objects are, then how they relate, each step read off the ones before it.
+
+    ``is the cross left of the circle ?`` -> ``the red cross is at top left . the green circle is at top
+    right . the red cross is left of the green circle .``; ``what is left of the circle ?`` writes the
+    circle's position first, then the object found from it. Training only (the ``cot_steps`` mixture
+    entry): the relation chains' alternative to listing every object.
+    """
+    subject, anchor = (q.scene.objects[k] for k in q.focus)
+    first, second = (anchor, subject) if q.qtype == "relation" else (subject, anchor)
+    return (
+        f"{full_name(first)} is at {first.position} . {full_name(second)} is at {second.position} . "
+        f"{full_name(subject)} is {relation(subject, anchor)} {full_name(anchor)} ."
+    )
+
+
+def chain_of_thought(q: Question, answer: str | None = None, *, steps_for_relations: bool = False) -> str:
+    """A short worked answer ending in ``so the answer is X .`` (``answer`` overrides the conclusion).
+
+    Relation chains list every object's position, or with ``steps_for_relations`` the two named
+    objects' positions and their relation (:func:`relation_steps`).
+    """
     scene = q.scene
     if q.qtype.startswith("count"):
         steps = "there is " + join_list([f"a {o.color} {o.shape}" for o in scene.objects]) + " ."
@@ -379,7 +400,7 @@ def chain_of_thought(q: Question, answer: str | None = None) -> str:
                 head, names = PLURALS[q.about], [o.color for o in hits]
             steps += f" {head} : {' , '.join(names) or 'none'} ."
     elif q.qtype in ("relation", "relation_yesno"):
-        steps = where_everything_is(scene)
+        steps = relation_steps(q) if steps_for_relations else where_everything_is(scene)
     else:
         raise ValueError(f"no chain of thought for {q.qtype!r} questions")
     return f"{steps} {FINAL} {answer or q.answer} ."
@@ -503,13 +524,14 @@ def make_scene_graph(rng: Rng, n: int, language: str = "en", *, split: str | Non
     return _finish(items, language)
 
 
-def make_cot(rng: Rng, n: int, language: str = "en", *, split: str | None = None) -> list[Item]:
+def make_cot(
+    rng: Rng, n: int, language: str = "en", *, split: str | None = None, steps_for_relations: bool = False
+) -> list[Item]:
     """Counting and relation questions + ``think step by step .`` -> a worked answer ending in the answer."""
     rng = as_rng(rng)
-    items = [
-        _question_item("cot", q, f"{q.question} {THINK}", chain_of_thought(q))
-        for q in ask_many(rng, n, COT_QTYPES, split)
-    ]
+    chains = partial(chain_of_thought, steps_for_relations=steps_for_relations)
+    questions = ask_many(rng, n, COT_QTYPES, split)
+    items = [_question_item("cot", q, f"{q.question} {THINK}", chains(q)) for q in questions]
     return _finish(items, language)
 
 

@@ -121,6 +121,7 @@ GENERATORS = {
     "caption": make_caption,
     "scene_graph": make_scene_graph,
     "positions": make_positions,  # training only: in no default mixture
+    "cot_steps": partial(make_cot, steps_for_relations=True),  # training only: in no default mixture
 }
 
 
