@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rerun every published result that uses the shipped toy model, writing into docs/ (and runs/ for
-# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness ccot ic lsar]  (default: all)
+# intermediate files). Usage: bash scripts/toy_results.sh [eval sav mtv rm harness ccot feedback ic lsar remiss]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hv=".venv/bin/headvec"
@@ -20,8 +20,13 @@ if want mtv; then
   $hv mtv eval toy --task toy-icl --out runs/mtv-eval --scaling 1,2,5,10,25,100 --threads 1 --device cpu
   $hv mtv eval toy --task toy-icl --out runs/mtv-eval-first-word --scaling 1,2,5,10,25,100 \
     --match first-word --threads 1 --device cpu
+  for f in head_map.png loss_curve.png; do cp "runs/mtv-eval/$f" docs/mtv/; done
+  cp runs/mtv-eval/results.md docs/mtv/results_exact.md && cp runs/mtv-eval/scaling.png docs/mtv/scaling_exact.png
+  cp runs/mtv-eval-first-word/results.md docs/mtv/results_first_word.md
+  cp runs/mtv-eval-first-word/scaling.png docs/mtv/scaling_first_word.png
 fi
 if want rm; then
+  rm -rf docs/rm/toy docs/rm/toy-debiased  # start fresh: pairs judged by other weights are refused, not reused
   $hv rm eval toy --out docs/rm/toy --n-fit 40 --n-test 400 --steps 600 --device cpu
   $hv rm eval toy --out docs/rm/toy-debiased --n-fit 40 --n-test 400 --steps 600 --debias \
     --methods activation_rm,sav_voting,icl_judge --device cpu

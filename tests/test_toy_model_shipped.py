@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -10,6 +14,7 @@ from headvec.models import resolve_model_path
 from headvec.toyworld.export import derived_rng
 from headvec.toyworld.scenes import render
 from headvec.toyworld.tasks import ask_many, make_judge
+from headvec.toyworld.train import TrainConfig
 
 CHANCE_COUNT = 0.25  # one, two, three or four objects
 
@@ -46,6 +51,22 @@ def test_it_judges_answers_about_attributes_counts_and_existence():
     model, processor = _plain_toy_model()
     hits = sum(_answer(model, processor, i.image(), i.prompt).strip() == i.answer for i in items)
     assert hits / len(items) >= 0.8, hits  # chance is 0.5; measured 0.89-1.00 by question type
+
+
+def test_it_answers_spatial_relation_questions():
+    """Open ("what is left of X ?") and yes/no relation questions need where two objects are."""
+    questions = ask_many(derived_rng(10, "shipped-test", "test"), 48, ("relation", "relation_yesno"), "test")
+    assert {q.qtype for q in questions} == {"relation", "relation_yesno"}
+    model, processor = _plain_toy_model()
+    hits = sum(_answer(model, processor, render(q.scene), q.question).strip() == q.answer for q in questions)
+    assert hits / len(questions) >= 0.75, hits  # yes/no chance 0.5; measured 0.90 (en, n = 400)
+
+
+def test_the_default_recipe_is_the_one_that_trained_the_shipped_weights():
+    """`headvec toyworld train` rebuilds the shipped model: its log holds the settings and every step."""
+    log = json.loads((Path(__file__).parents[1] / "docs/toyworld/train_log.json").read_text())
+    assert log["config"] == json.loads(json.dumps(asdict(TrainConfig())))
+    assert log["log"][-1]["step"] == TrainConfig().total_steps - 1
 
 
 def test_the_toy_alias_loads_through_headvec_and_its_heads_can_be_captured():

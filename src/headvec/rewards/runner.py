@@ -11,7 +11,8 @@ call.
 With an output folder, every finished pair is one JSON line appended to ``results.jsonl`` with a single
 write and an fsync, so a ``kill -9`` at any point loses at most the pair being written (its partial line
 is cut off on the next start) and a rerun skips every uid already there: nothing finished is lost,
-nothing is duplicated. ``run.json`` holds the run's settings; a rerun with other settings is refused.
+nothing is duplicated. ``run.json`` holds the run's settings, and the fingerprint of the model weights a
+local reward model runs on; a rerun with other settings, or after the weights changed, is refused.
 
 Used by the benchmark harness (:func:`headvec.harness.run_benchmark`), the PreferenceHack-style pairs
 (:func:`evaluate_pairs`) and the reward-model comparison of :mod:`headvec.evaluation.rewards`.
@@ -213,6 +214,11 @@ def check_manifest(out: Path, settings: dict[str, Any]) -> None:
     if path.exists():
         stored = read_manifest(path)
         differs = [key for key in settings if stored.get(key) != settings[key]]
+        if differs == ["weights"]:
+            raise HeadvecError(
+                f"{out} holds pairs judged with other model weights (fingerprint {stored.get('weights')!r}, "
+                f"now {settings['weights']!r}); use another --out, or delete it to start over"
+            )
         if differs:
             raise HeadvecError(
                 f"{out} holds a run with different {', '.join(differs)} "
@@ -221,6 +227,19 @@ def check_manifest(out: Path, settings: dict[str, Any]) -> None:
             )
         return
     path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def weights_of(rm: Any, depth: int = 3) -> str | None:
+    """The weights fingerprint of the headvec model a reward model runs on, looked up through the
+    scorer a judge wraps (None for an endpoint, a plain callable or a model not yet built): finished
+    pairs judged with other weights must not be reused."""
+    for name in ("loaded", "loaded_"):
+        identity = getattr(getattr(rm, name, None), "identity", None)
+        if isinstance(identity, dict):
+            return identity.get("weights_fingerprint")
+    inner = (getattr(rm, name, None) for name in ("scorer", "scorer_"))
+    found = (weights_of(model, depth - 1) for model in inner if depth > 0 and model is not None)
+    return next((weights for weights in found if weights is not None), None)
 
 
 def chunks_of(items: Sequence[PreferencePair], done: set[str], chunk_size: int) -> list[list[PreferencePair]]:
@@ -276,9 +295,18 @@ def run_pairs(
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
+        if rm is None and backend == "local" and factory is not None:
+            rm = factory()  # built before the manifest check, so the run records the weights it judged with
+        weights = weights_of(rm)
         check_manifest(
             folder,
-            {**(manifest or {}), "k": k, "seed": seed, **({"order": order} if order != "seeded" else {})},
+            {
+                **(manifest or {}),
+                "k": k,
+                "seed": seed,
+                **({"order": order} if order != "seeded" else {}),
+                **({"weights": weights} if weights is not None else {}),
+            },
         )
         results = ResultsFile(folder / RESULTS_NAME)
         done = results.load()
